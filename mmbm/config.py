@@ -117,6 +117,15 @@ class ModelConfig:
     max_audio_tokens: int = 1_600  # after 4x subsampling: 64 s of audio at 25 tokens/s
     d_embed: int = 128
     fusion: Fusion = "attention"
+    # Special token ids; they must match the tokenizer (mmbm.tokenizer puts pad, bos,
+    # eos, unk, blank at 0..4). blank_id is the CTC blank.
+    pad_id: int = 0
+    bos_id: int = 1
+    eos_id: int = 2
+    blank_id: int = 4
+    # Optional local folders of transformers encoders that replace a stem (mmbm.pretrained).
+    image_encoder: str | None = None
+    text_encoder: str | None = None
     image: ImageConfig = field(default_factory=ImageConfig)
     audio: AudioConfig = field(default_factory=AudioConfig)
 
@@ -142,6 +151,10 @@ class ModelConfig:
         _require(self.max_audio_tokens > 0, "max_audio_tokens", f"must be positive, got {self.max_audio_tokens}")
         _require(self.d_embed > 0, "d_embed", f"must be positive, got {self.d_embed}")
         _require(self.fusion in FUSIONS, "fusion", f"must be one of {FUSIONS}, got {self.fusion!r}")
+        special = {"pad_id": self.pad_id, "bos_id": self.bos_id, "eos_id": self.eos_id, "blank_id": self.blank_id}
+        for name, value in special.items():
+            _require(0 <= value < self.vocab_size, name, f"must be in [0, vocab_size={self.vocab_size}), got {value}")
+        _require(len(set(special.values())) == len(special), "blank_id", f"special ids must differ, got {special}")
 
     @property
     def n_image_tokens(self) -> int:
