@@ -1,0 +1,213 @@
+"""The pipeline: loading a checkpoint, captioning, transcribing, searching, and refusing bad input.
+
+Uses a tiny random-init model saved to tmp_path with a tokenizer trained on the
+captions of a tiny ShapesWorld corpus; untrained outputs are meaningless, so the
+tests check behaviour (types, refusals, identity, batching), not quality.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mmbm.audio import save_audio
+from mmbm.config import AudioConfig, ImageConfig, ModelConfig
+from mmbm.ctc import Transcript
+from mmbm.data.corpus import ImageRecord, generate_image_corpus, load_image_manifest
+from mmbm.data.shapes import ShapesConfig
+from mmbm.decoding import CaptionResult, DecodingOptions
+from mmbm.errors import AudioError, CheckpointError, ImageError, SearchIndexError, TextError
+from mmbm.model import MMBM, config_for_tokenizer
+from mmbm.pipeline import Pipeline, TranscribeResult, model_identity
+from mmbm.tokenizer import number_to_words, train_tokenizer
+
+torch.set_num_threads(1)
+
+SAMPLE_RATE = 16_000
+NUMBER_WORDS = [number_to_words(n) for n in range(21)]
+SMALL = dict(d_model=32, n_layers=1, n_heads=2, d_ff=64, d_embed=16, max_text_len=40, max_audio_tokens=400)
+
+
+def tone(seconds: float, frequency: float = 220.0, rate: int = SAMPLE_RATE, amplitude: float = 0.3) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    return (amplitude * np.sin(2 * np.pi * frequency * t)).astype(np.float32)
+
+
+def make_image_corpus(directory: Path, n_test: int = 6, n_compositional: int = 3) -> Path:
+    config = ShapesConfig(n_train=4, n_val=1, n_test=n_test, n_compositional=n_compositional, seed=3)
+    generate_image_corpus(directory, config, progress=False)
+    return directory
+
+
+def make_checkpoint(directory: Path, captions: Sequence[str], seed: int = 0) -> Path:
+    """A random-init tiny model and a tokenizer trained on ``captions`` and the number words."""
+    tokenizer = train_tokenizer([*captions, *NUMBER_WORDS], vocab_size=120)
+    config = ModelConfig.tiny(**SMALL, image=ImageConfig(image_size=32), audio=AudioConfig(n_mels=32))
+    torch.manual_seed(seed)
+    MMBM(config_for_tokenizer(config, tokenizer)).eval().save_pretrained(directory, tokenizer)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[ImageRecord]]:
+    root = tmp_path_factory.mktemp("world")
+    records = load_image_manifest(make_image_corpus(root / "shapes"), "test")
+    make_checkpoint(root / "model", [c for r in records for c in r.captions])
+    return root, records
+
+
+@pytest.fixture()
+def pipeline(world: tuple[Path, list[ImageRecord]], tmp_path: Path) -> Pipeline:
+    return Pipeline.load(world[0] / "model", tmp_path / "index", device="cpu", create_index=True)
+
+
+def test_caption_returns_a_caption_per_image_and_batches_agree(pipeline: Pipeline, world) -> None:
+    records = world[1]
+    one = pipeline.caption(records[0].image)
+    assert isinstance(one, CaptionResult) and len(one.captions) == 1
+    batch = pipeline.caption_images([r.image for r in records[:3]])
+    assert [r.captions[0].token_ids for r in batch][0] == one.captions[0].token_ids
+    beams = pipeline.caption(Image.open(records[1].image), DecodingOptions(method="beam", beam_size=3, n_best=2))
+    assert len(beams.captions) == 2 and beams.captions[0].score >= beams.captions[1].score
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [(b"not an image at all", "Not an image"), (b"", "empty bytes"), ("/no/such/file.png", "not found")],
+)
+def test_caption_refuses_a_broken_image_with_image_error(pipeline: Pipeline, source: object, message: str) -> None:
+    with pytest.raises(ImageError, match=message):
+        pipeline.caption(source)  # type: ignore[arg-type]
+
+
+def test_caption_refuses_a_truncated_png(pipeline: Pipeline, world) -> None:
+    data = world[1][0].image.read_bytes()
+    with pytest.raises(ImageError, match="(?i)corrupt|truncated|damaged"):
+        pipeline.caption(data[: len(data) // 2])
+
+
+def test_transcribe_reports_duration_and_real_time_factor(pipeline: Pipeline, tmp_path: Path) -> None:
+    path = save_audio(tmp_path / "clip.wav", tone(1.5, rate=8_000), 8_000)  # resampled to 16 kHz on load
+    result = pipeline.transcribe(path)
+    assert isinstance(result.transcript, Transcript)
+    assert result.duration_s == pytest.approx(1.5, abs=1e-3)
+    assert result.seconds > 0 and result.rtf == pytest.approx(result.seconds / result.duration_s)
+    for word in result.transcript.words:
+        assert 0.0 <= word.start_s <= word.end_s <= result.duration_s + 0.1
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ((SAMPLE_RATE, np.zeros(SAMPLE_RATE, np.float32)), "silent"),
+        ((SAMPLE_RATE, tone(1.0, amplitude=1e-4)), "silent"),
+        (b"RIFF junk", "(?i)audio"),
+        ((SAMPLE_RATE, np.zeros(10, np.float32)), "(?i)short"),
+    ],
+)
+def test_transcribe_refuses_silent_or_broken_audio(pipeline: Pipeline, source: object, message: str) -> None:
+    with pytest.raises(AudioError, match=message):
+        pipeline.transcribe(source)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [("", "empty"), ("   ", "empty"), ("?!.", "empty"), ("red " * 300, "too long"), (42, "must be a string")],
+)
+def test_search_text_refuses_empty_or_over_long_queries(pipeline: Pipeline, query: object, message: str) -> None:
+    with pytest.raises(TextError, match=message):
+        pipeline.search_text(query, k=3)  # type: ignore[arg-type]
+
+
+def test_search_without_an_index_is_refused(world) -> None:
+    bare = Pipeline.load(world[0] / "model", device="cpu")
+    with pytest.raises(SearchIndexError, match="no image index"):
+        bare.search_text("a red circle")
+    with pytest.raises(SearchIndexError, match="index.db|missing"):
+        bare.open_index(world[0] / "nowhere")
+
+
+def test_add_images_captions_them_and_every_search_finds_them(pipeline: Pipeline, world, tmp_path: Path) -> None:
+    records = world[1]
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"no pixels here")
+    report = pipeline.add_images([r.image for r in records] + [broken], captions=None)
+    assert len(report.added) == len(records)
+    assert [label for label, _ in report.skipped] == [str(broken)]
+    assert pipeline.index_stats().n_images == len(records)
+    hits = pipeline.search_image(records[2].image, k=3)
+    assert hits[0].path == str(records[2].image.resolve()) and hits[0].score == pytest.approx(1.0, abs=1e-4)
+    assert all(hit.caption for hit in hits)  # filled by the model's own greedy caption
+    assert hits[0].caption == pipeline.caption(records[2].image).captions[0].text
+    text_hits = pipeline.search_text(records[0].captions[0], k=len(records))
+    assert sorted(hit.path for hit in text_hits) == sorted(str(r.image.resolve()) for r in records)
+    assert [h.score for h in text_hits] == sorted((h.score for h in text_hits), reverse=True)
+
+
+def test_search_audio_returns_the_transcript_and_refuses_silence(pipeline: Pipeline, world, monkeypatch) -> None:
+    pipeline.add_images([r.image for r in world[1]], captions=[r.captions[0] for r in world[1]])
+    with pytest.raises(AudioError, match="silent"):
+        pipeline.search_audio((SAMPLE_RATE, np.zeros(SAMPLE_RATE, np.float32)))
+    clip = (SAMPLE_RATE, tone(1.0, 330.0))
+    heard = pipeline.transcribe(clip).transcript.text
+    assert heard  # the random model babbles something for this tone
+    result = pipeline.search_audio(clip, k=2)
+    assert result.transcription.transcript.text == heard and len(result.hits) == 2
+    assert [h.id for h in result.hits] == [h.id for h in pipeline.index.search_text(heard, k=2)]
+    nothing = TranscribeResult(Transcript("", [], [], 0.9), 1.0, 0.01, 0.01)
+    monkeypatch.setattr(pipeline, "transcribe", lambda audio, options, lexicon: nothing)
+    with pytest.raises(AudioError, match="no words were recognised"):
+        pipeline.search_audio(clip, k=2)
+
+
+def test_embedder_batches_give_the_same_unit_vectors_as_single_calls(pipeline: Pipeline, world) -> None:
+    texts = [c for r in world[1][:3] for c in r.captions[:2]]
+    together = pipeline.embedder.embed_text(texts)
+    assert together.shape == (len(texts), pipeline.embedder.dim) and together.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(together, axis=1), 1.0, atol=1e-5)
+    single = np.concatenate([pipeline.embedder.embed_text([t]) for t in texts])
+    np.testing.assert_allclose(together, single, atol=1e-5)
+    images = [pipeline.load_image(r.image) for r in world[1]]
+    np.testing.assert_allclose(
+        pipeline.embedder.embed_images(images)[1], pipeline.embedder.embed_images(images[1:2])[0], atol=1e-5
+    )
+
+
+def test_identity_follows_the_weights_and_an_index_refuses_another_model(world, tmp_path: Path) -> None:
+    root, records = world
+    other = make_checkpoint(tmp_path / "other", [c for r in records for c in r.captions], seed=1)
+    assert model_identity(root / "model") != model_identity(other)
+    assert model_identity(root / "model") == model_identity(root / "model")
+    first = Pipeline.load(root / "model", tmp_path / "index", device="cpu", create_index=True)
+    first.add_images([records[0].image])
+    first.close()
+    with pytest.raises(SearchIndexError, match="built with embedder"):
+        Pipeline.load(other, tmp_path / "index", device="cpu")
+
+
+def test_load_refuses_a_tokenizer_that_does_not_fit_the_config(world, tmp_path: Path) -> None:
+    directory = make_checkpoint(tmp_path / "ckpt", world[1][0].captions)
+    train_tokenizer(["a completely different vocabulary"] * 3, vocab_size=60).save(directory / "tokenizer.json")
+    with pytest.raises(CheckpointError, match="does not fit config.json"):
+        Pipeline.load(directory, device="cpu")
+    (directory / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="model.safetensors"):
+        Pipeline.load(directory, device="cpu")
+
+
+def test_caption_accepts_every_image_source_the_ui_hands_over(pipeline: Pipeline, world) -> None:
+    path = world[1][0].image
+    image = Image.open(path).convert("RGB")
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    texts = {
+        pipeline.caption(source).captions[0].text
+        for source in (path, str(path), image, np.asarray(image), buffer.getvalue())
+    }
+    assert len(texts) == 1
