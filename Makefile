@@ -42,7 +42,7 @@ demo: deps
 	fi
 	$(PY) app.py --host 127.0.0.1 --port 7860
 
-test: dev-deps system-deps-tts
+test: dev-deps system-deps-tts system-deps-browser
 	$(PY) -m pytest
 
 # The default ShapesWorld corpus for the tiny model: 23k scenes (~1 min), then
