@@ -8,7 +8,7 @@ export GRADIO_ANALYTICS_ENABLED := False
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: demo test lint data venv deps dev-deps system-deps-tts system-deps-browser clean-venv
+.PHONY: demo test lint data train eval bench bench-quick venv deps dev-deps system-deps-tts system-deps-browser clean-venv
 
 $(VENV)/bin/python:
 	@$(PYTHON_SYSTEM) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"MMBM needs Python 3.11, found {sys.version.split()[0]}"' \
@@ -50,6 +50,20 @@ test: dev-deps system-deps-tts system-deps-browser
 data: dev-deps system-deps-tts
 	$(PY) -m mmbm.data shapes --out data/shapes
 	$(PY) -m mmbm.data speech --captions data/shapes --out data/speech
+
+# The shipped models/mmbm-tiny: the exact command its model card quotes.
+TRAIN_FLAGS := --preset tiny --images data/shapes --speech data/speech --out models/mmbm-tiny \
+	--checkpoint-dir runs/mmbm-tiny/checkpoints --max-steps 1200 --max-minutes 50 --seed 0 \
+	--mixing sum --eval-every 200 --checkpoint-every 100 --precision fp32
+train: data
+	$(PY) -m mmbm.train $(TRAIN_FLAGS)
+
+# Real recordings to score on, when present (never committed; see docs/training.md).
+REAL_SPEECH ?= $(wildcard ../shared/data/fsdd-dev/manifest.jsonl)
+EVAL_FLAGS := --images data/shapes --speech data/speech $(if $(REAL_SPEECH),--real-speech $(REAL_SPEECH))
+eval: data
+	$(PY) -m mmbm.evaluate models/mmbm-tiny $(EVAL_FLAGS) --out runs/eval
+	@echo "metrics written to runs/eval; the shipped ones are models/mmbm-tiny/metrics.json"
 
 lint: dev-deps
 	$(PY) -m ruff check mmbm tests bench
