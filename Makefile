@@ -8,7 +8,7 @@ export GRADIO_ANALYTICS_ENABLED := False
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: demo test lint data train eval bench bench-quick venv deps dev-deps system-deps-tts system-deps-browser clean-venv
+.PHONY: demo test lint data train gallery eval bench bench-quick venv deps dev-deps system-deps-tts system-deps-browser clean-venv
 
 $(VENV)/bin/python:
 	@$(PYTHON_SYSTEM) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"MMBM needs Python 3.11, found {sys.version.split()[0]}"' \
@@ -57,6 +57,10 @@ TRAIN_FLAGS := --preset tiny --images data/shapes --speech data/speech --out mod
 	--mixing sum --eval-every 200 --checkpoint-every 100 --precision fp32
 train: data
 	$(PY) -m mmbm.train $(TRAIN_FLAGS)
+
+# The demo's default index over held-out scenes (val, test, compositional), shipped in models/gallery.
+gallery: data
+	$(PY) -m mmbm.gallery --model models/mmbm-tiny --images data/shapes --out models/gallery --overwrite
 
 # Real recordings to score on, when present (never committed; see docs/training.md).
 REAL_SPEECH ?= $(wildcard ../shared/data/fsdd-dev/manifest.jsonl)

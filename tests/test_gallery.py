@@ -1,0 +1,48 @@
+"""The demo gallery builder: held-out splits only, atomic output, refusals before work."""
+
+from pathlib import Path
+
+import pytest
+
+from mmbm.data.corpus import load_image_manifest
+from mmbm.errors import DataError
+from mmbm.gallery import build_gallery
+from mmbm.pipeline import Pipeline
+from test_pipeline import make_checkpoint, make_image_corpus
+
+
+@pytest.fixture(scope="module")
+def corpus_and_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("gallery")
+    corpus = make_image_corpus(root / "shapes", n_test=5, n_compositional=3)
+    captions = [c for split in ("train", "test") for r in load_image_manifest(corpus, split) for c in r.captions]
+    return corpus, make_checkpoint(root / "model", captions)
+
+
+def test_gallery_holds_every_held_out_scene_and_finds_each_by_its_image(corpus_and_model, tmp_path: Path) -> None:
+    corpus, model = corpus_and_model
+    report = build_gallery(model, corpus, tmp_path / "gallery", progress=False)
+    held_out = [r for split in ("val", "test", "compositional") for r in load_image_manifest(corpus, split)]
+    assert report.n_images == len(held_out) and report.n_skipped == 0
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".gallery-")], "staging folder left behind"
+    pipeline = Pipeline.load(model, tmp_path / "gallery")
+    try:
+        record = held_out[-1]
+        best = pipeline.search_image(record.image, k=1)[0]
+        assert best.caption == record.captions[0]
+    finally:
+        pipeline.close()
+
+
+def test_gallery_refuses_training_scenes_an_existing_folder_and_an_incomplete_corpus(
+    corpus_and_model, tmp_path: Path
+) -> None:
+    corpus, model = corpus_and_model
+    with pytest.raises(DataError, match="must not hold training scenes"):
+        build_gallery(model, corpus, tmp_path / "g", splits=("train",))
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(DataError, match="already exists"):
+        build_gallery(model, corpus, tmp_path / "taken")
+    with pytest.raises(DataError, match="corpus"):
+        build_gallery(model, tmp_path / "no-corpus", tmp_path / "g2")
+    assert not (tmp_path / "g").exists() and not (tmp_path / "g2").exists()
