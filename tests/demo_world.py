@@ -90,8 +90,7 @@ def build_index(model_dir: Path, index_dir: Path, images: list[Path]) -> None:
 def require_trained_model() -> Path:
     """The shipped checkpoint for the quality tests (each test module's ``trained_model_dir`` fixture).
 
-    They skip only while it is absent; delete the skip line once it is committed, so a missing model fails.
+    It is committed, so a missing one is a failure, not a skip.
     """
-    if not (TRAINED_MODEL_DIR / "model.safetensors").is_file():
-        pytest.skip(f"needs the trained checkpoint {TRAINED_MODEL_DIR.relative_to(REPO)} (not committed yet)")
+    assert (TRAINED_MODEL_DIR / "model.safetensors").is_file(), f"shipped checkpoint missing: {TRAINED_MODEL_DIR}"
     return TRAINED_MODEL_DIR
