@@ -291,3 +291,8 @@ class Pipeline:
     def close(self) -> None:
         if self.index is not None:
             self.index.close()
+
+
+def load_embedder(model_dir: str | os.PathLike[str] = "models/mmbm-tiny") -> ModelEmbedder:
+    """The index embedder of a checkpoint (default: the shipped model), for ``bench.search --embedder``."""
+    return Pipeline.load(model_dir).embedder
