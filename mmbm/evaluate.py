@@ -32,7 +32,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -51,6 +50,7 @@ from mmbm.data.corpus import ImageRecord, load_image_manifest
 from mmbm.data.scene import Scene
 from mmbm.decoding import DecodingOptions
 from mmbm.errors import AudioError, ConfigError, DataError, MMBMError
+from mmbm.files import write_text_atomic
 from mmbm.metrics import ErrorRates, caption_scores, error_rates, recall_at_k, semantic_precision_at_k, top_k
 from mmbm.pipeline import Pipeline
 
@@ -459,10 +459,7 @@ def write_metrics(metrics: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for name, text in (("metrics.json", json.dumps(metrics, indent=2) + "\n"), ("metrics.md", format_report(metrics))):
-        handle, temporary = tempfile.mkstemp(dir=out_dir, prefix=f".{name}.")
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.replace(temporary, out_dir / name)
+        write_text_atomic(out_dir / name, text)
         written.append(out_dir / name)
     return written[0], written[1]
 

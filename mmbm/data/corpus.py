@@ -41,6 +41,7 @@ from mmbm.data.captions import VOCABULARY, captions_for
 from mmbm.data.scene import Scene
 from mmbm.data.shapes import ShapesConfig, heldout_pairs, render_scene, sample_scene
 from mmbm.errors import ConfigError, DataError
+from mmbm.files import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -133,16 +134,6 @@ def _build(config: ShapesConfig, images: Path, task: tuple[str, int]) -> tuple[d
     return row, rendered
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
-            file.write(text)
-        os.replace(temporary, path)
-    finally:
-        Path(temporary).unlink(missing_ok=True)
-
-
 def _read_json(path: Path) -> dict[str, Any] | None:
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
@@ -179,7 +170,7 @@ def _prepare_folder(out: Path, config: ShapesConfig, overwrite: bool) -> Path:
     if stale:
         for path in images.glob("*.png"):
             path.unlink()
-    _write_atomic(out / GENERATOR_FILE, json.dumps({"format": CORPUS_FORMAT, "render": _render_key(config)}) + "\n")
+    write_text_atomic(out / GENERATOR_FILE, json.dumps({"format": CORPUS_FORMAT, "render": _render_key(config)}) + "\n")
     return images
 
 
@@ -250,7 +241,7 @@ def generate_image_corpus(
     rows, n_rendered = _render_all(config, images, tasks, workers, progress)
     for split in SPLITS:
         lines = [json.dumps(row) + "\n" for row, (s, _) in zip(rows, tasks, strict=True) if s == split]
-        _write_atomic(out / f"{split}.jsonl", "".join(lines))
+        write_text_atomic(out / f"{split}.jsonl", "".join(lines))
     size = _folder_bytes(out)
     record = {
         "format": CORPUS_FORMAT,
@@ -262,7 +253,7 @@ def generate_image_corpus(
         "vocabulary": list(VOCABULARY),
         "bytes_on_disk": size,
     }
-    _write_atomic(out / CORPUS_FILE, json.dumps(record, indent=1) + "\n")  # last: its presence means complete
+    write_text_atomic(out / CORPUS_FILE, json.dumps(record, indent=1) + "\n")  # last: its presence means complete
     seconds = time.perf_counter() - start
     logger.info("image corpus: %d images drawn, %d kept, %.1f s", n_rendered, len(tasks) - n_rendered, seconds)
     return CorpusSummary(out, config.split_sizes, held, n_rendered, len(tasks) - n_rendered, seconds, size)

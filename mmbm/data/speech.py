@@ -42,6 +42,7 @@ from mmbm.audio import is_silent, resample, save_audio
 from mmbm.config import SAMPLE_RATE
 from mmbm.data.tts import ENGINE_NAMES, FAMILIES, TTSEngine, Voice, build_catalogue, make_engine
 from mmbm.errors import ConfigError, DataError, MMBMError
+from mmbm.files import write_text_atomic
 from mmbm.tokenizer import normalize_text, number_to_words
 
 logger = logging.getLogger(__name__)
@@ -264,16 +265,6 @@ def synthesize_clip(engine: TTSEngine, clip: PlannedClip, path: Path) -> float:
     return len(audio) / SAMPLE_RATE
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
-            file.write(text)
-        os.replace(temporary, path)
-    finally:
-        Path(temporary).unlink(missing_ok=True)
-
-
 def _prepare_folder(out_dir: Path) -> Path:
     clips = out_dir / "clips"
     try:
@@ -368,7 +359,7 @@ def generate_speech_corpus(out_dir: str | os.PathLike, captions: Sequence[str], 
         raise DataError(f"{len(failures)} of {len(todo)} clips failed; re-run to retry them. First: {failures[0]}")
     for split in SPLITS:
         rows = [json.dumps(c.row(durations[c.id])) + "\n" for c in plan if c.split == split]
-        _write_atomic(out / f"{split}.jsonl", "".join(rows))
+        write_text_atomic(out / f"{split}.jsonl", "".join(rows))
     voice_counts = Counter(f"{c.voice.engine}:{c.voice.name}" for c in plan)
     record = {
         "format": CORPUS_FORMAT,
@@ -383,7 +374,7 @@ def generate_speech_corpus(out_dir: str | os.PathLike, captions: Sequence[str], 
         "clips_per_voice": dict(sorted(voice_counts.items())),
         "seconds_of_audio": round(sum(durations.values()), 2),
     }
-    _write_atomic(record_path, json.dumps(record, indent=1) + "\n")  # last: its presence means complete
+    write_text_atomic(record_path, json.dumps(record, indent=1) + "\n")  # last: its presence means complete
     return _summary(out, record, len(todo), n_reused)
 
 
