@@ -69,6 +69,14 @@ eval: data
 	$(PY) -m mmbm.evaluate models/mmbm-tiny $(EVAL_FLAGS) --out runs/eval
 	@echo "metrics written to runs/eval; the shipped ones are models/mmbm-tiny/metrics.json"
 
+# Side by side with pocketsphinx, the seed's LSTM captioner, single-task models and the
+# fusion ablation; the full run (~1.5 h on 2 idle cores) writes docs/benchmarks.md.
+bench: dev-deps data
+	$(PY) -m bench.run_all --model models/mmbm-tiny $(if $(REAL_SPEECH),--real-speech $(REAL_SPEECH))
+
+bench-quick: dev-deps data
+	$(PY) -m bench.run_all --quick --model models/mmbm-tiny $(if $(REAL_SPEECH),--real-speech $(REAL_SPEECH))
+
 lint: dev-deps
 	$(PY) -m ruff check mmbm tests bench
 

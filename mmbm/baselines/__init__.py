@@ -1,0 +1,1 @@
+"""Baseline models that MMBM is measured against (bench/): reimplementations, not MMBM code."""
