@@ -78,7 +78,7 @@ bench-quick: dev-deps data
 	$(PY) -m bench.run_all --quick --model models/mmbm-tiny $(if $(REAL_SPEECH),--real-speech $(REAL_SPEECH))
 
 lint: dev-deps
-	$(PY) -m ruff check mmbm tests bench
+	$(PY) -m ruff check app.py mmbm tests bench
 
 clean-venv:
 	rm -rf $(VENV)

@@ -13,7 +13,6 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
 import torch
 
 from mmbm.config import ModelConfig
