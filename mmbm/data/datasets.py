@@ -17,9 +17,10 @@ or training code.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Self
 
 import numpy as np
 import torch
@@ -51,39 +52,35 @@ class SpeechItem:
     index: int
 
 
+class TensorBatch:
+    """A batch whose fields are all tensors, moved together (to a device, into pinned memory)."""
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Self:
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> Self:
+        """Called by DataLoader(pin_memory=True) for faster host-to-GPU copies."""
+        return self._map(torch.Tensor.pin_memory)
+
+    def _map(self, move: Callable[[torch.Tensor], torch.Tensor]) -> Self:
+        return dataclasses.replace(self, **{f.name: move(getattr(self, f.name)) for f in dataclasses.fields(self)})
+
+
 @dataclass(frozen=True)
-class ImageTextBatch:
+class ImageTextBatch(TensorBatch):
     pixels: torch.Tensor  # (B, 3, S, S) float32
     ids: torch.Tensor  # (B, L) int64, padded with pad_id
     lengths: torch.Tensor  # (B,) int64 ids before padding
     image_index: torch.Tensor  # (B,) int64; equal entries are the same image (a false negative for retrieval)
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> ImageTextBatch:
-        return ImageTextBatch(*(t.to(device, non_blocking=non_blocking) for t in self._tensors()))
-
-    def pin_memory(self) -> ImageTextBatch:
-        """Called by DataLoader(pin_memory=True) for faster host-to-GPU copies."""
-        return ImageTextBatch(*(t.pin_memory() for t in self._tensors()))
-
-    def _tensors(self) -> tuple[torch.Tensor, ...]:
-        return (self.pixels, self.ids, self.lengths, self.image_index)
 
 
 @dataclass(frozen=True)
-class SpeechBatch:
+class SpeechBatch(TensorBatch):
     features: torch.Tensor  # (B, n_mels, T) float32, padded with feature_pad
     feature_lengths: torch.Tensor  # (B,) int64 frames before padding
     targets: torch.Tensor  # (B, L) int64, padded with pad_id
     target_lengths: torch.Tensor  # (B,) int64
-
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> SpeechBatch:
-        return SpeechBatch(*(t.to(device, non_blocking=non_blocking) for t in self._tensors()))
-
-    def pin_memory(self) -> SpeechBatch:
-        return SpeechBatch(*(t.pin_memory() for t in self._tensors()))
-
-    def _tensors(self) -> tuple[torch.Tensor, ...]:
-        return (self.features, self.feature_lengths, self.targets, self.target_lengths)
 
 
 def pad_ids(sequences: Sequence[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
