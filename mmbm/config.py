@@ -26,7 +26,8 @@ N_FFT = 400  # 25 ms window at 16 kHz
 HOP_LENGTH = 160  # 10 ms hop at 16 kHz -> 100 log-mel frames per second
 
 
-def _require(condition: bool, name: str, message: str) -> None:
+def require(condition: bool, name: str, message: str) -> None:
+    """Raise ``ConfigError("<name>: <message>")`` unless ``condition``; every config's validator uses it."""
     if not condition:
         raise ConfigError(f"{name}: {message}")
 
@@ -49,16 +50,16 @@ class ImageConfig:
     resize: Resize = "pad"
 
     def __post_init__(self) -> None:
-        _require(8 <= self.image_size <= 1024, "image_size", f"must be in [8, 1024], got {self.image_size}")
-        _require(self.max_pixels >= 1, "max_pixels", f"must be positive, got {self.max_pixels}")
-        _require(
+        require(8 <= self.image_size <= 1024, "image_size", f"must be in [8, 1024], got {self.image_size}")
+        require(self.max_pixels >= 1, "max_pixels", f"must be positive, got {self.max_pixels}")
+        require(
             len(self.background) == 3 and all(0 <= c <= 255 for c in self.background),
             "background",
             f"must be three ints in [0, 255], got {self.background}",
         )
-        _require(len(self.mean) == 3, "mean", "must have three values")
-        _require(len(self.std) == 3 and all(s > 0 for s in self.std), "std", "must be three positive values")
-        _require(self.resize in RESIZES, "resize", f"must be one of {RESIZES}, got {self.resize!r}")
+        require(len(self.mean) == 3, "mean", "must have three values")
+        require(len(self.std) == 3 and all(s > 0 for s in self.std), "std", "must be three positive values")
+        require(self.resize in RESIZES, "resize", f"must be one of {RESIZES}, got {self.resize!r}")
 
 
 @dataclass(frozen=True)
@@ -76,22 +77,22 @@ class AudioConfig:
     silence_db: float = -50.0  # RMS in dB below full scale under which a clip counts as silent
 
     def __post_init__(self) -> None:
-        _require(8_000 <= self.sample_rate <= 48_000, "sample_rate", f"must be in [8000, 48000], got {self.sample_rate}")
-        _require(8 <= self.n_mels <= 256, "n_mels", f"must be in [8, 256], got {self.n_mels}")
-        _require(self.n_fft >= 16, "n_fft", f"must be at least 16, got {self.n_fft}")
-        _require(0 < self.hop_length <= self.n_fft, "hop_length", f"must be in (0, n_fft], got {self.hop_length}")
-        _require(
+        require(8_000 <= self.sample_rate <= 48_000, "sample_rate", f"must be in [8000, 48000], got {self.sample_rate}")
+        require(8 <= self.n_mels <= 256, "n_mels", f"must be in [8, 256], got {self.n_mels}")
+        require(self.n_fft >= 16, "n_fft", f"must be at least 16, got {self.n_fft}")
+        require(0 < self.hop_length <= self.n_fft, "hop_length", f"must be in (0, n_fft], got {self.hop_length}")
+        require(
             0 <= self.f_min < self.f_max <= self.sample_rate / 2,
             "f_max",
             f"need 0 <= f_min < f_max <= sample_rate/2, got f_min={self.f_min}, f_max={self.f_max}",
         )
-        _require(self.max_seconds > 0, "max_seconds", f"must be positive, got {self.max_seconds}")
-        _require(
+        require(self.max_seconds > 0, "max_seconds", f"must be positive, got {self.max_seconds}")
+        require(
             0 < self.min_seconds < self.max_seconds,
             "min_seconds",
             f"must be in (0, max_seconds), got {self.min_seconds}",
         )
-        _require(-120.0 <= self.silence_db < 0.0, "silence_db", f"must be in [-120, 0), got {self.silence_db}")
+        require(-120.0 <= self.silence_db < 0.0, "silence_db", f"must be in [-120, 0), got {self.silence_db}")
 
     @property
     def frames_per_second(self) -> float:
@@ -130,31 +131,31 @@ class ModelConfig:
     audio: AudioConfig = field(default_factory=AudioConfig)
 
     def __post_init__(self) -> None:
-        _require(self.d_model > 0, "d_model", f"must be positive, got {self.d_model}")
-        _require(self.n_heads > 0, "n_heads", f"must be positive, got {self.n_heads}")
-        _require(
+        require(self.d_model > 0, "d_model", f"must be positive, got {self.d_model}")
+        require(self.n_heads > 0, "n_heads", f"must be positive, got {self.n_heads}")
+        require(
             self.d_model % self.n_heads == 0,
             "n_heads",
             f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})",
         )
-        _require(self.n_layers > 0, "n_layers", f"must be positive, got {self.n_layers}")
-        _require(self.d_ff > 0, "d_ff", f"must be positive, got {self.d_ff}")
-        _require(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
-        _require(self.patch_size > 0, "patch_size", f"must be positive, got {self.patch_size}")
-        _require(
+        require(self.n_layers > 0, "n_layers", f"must be positive, got {self.n_layers}")
+        require(self.d_ff > 0, "d_ff", f"must be positive, got {self.d_ff}")
+        require(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
+        require(self.patch_size > 0, "patch_size", f"must be positive, got {self.patch_size}")
+        require(
             self.image.image_size % self.patch_size == 0,
             "patch_size",
             f"image_size ({self.image.image_size}) must be divisible by patch_size ({self.patch_size})",
         )
-        _require(self.vocab_size >= 8, "vocab_size", f"must be at least 8, got {self.vocab_size}")
-        _require(self.max_text_len >= 4, "max_text_len", f"must be at least 4, got {self.max_text_len}")
-        _require(self.max_audio_tokens > 0, "max_audio_tokens", f"must be positive, got {self.max_audio_tokens}")
-        _require(self.d_embed > 0, "d_embed", f"must be positive, got {self.d_embed}")
-        _require(self.fusion in FUSIONS, "fusion", f"must be one of {FUSIONS}, got {self.fusion!r}")
+        require(self.vocab_size >= 8, "vocab_size", f"must be at least 8, got {self.vocab_size}")
+        require(self.max_text_len >= 4, "max_text_len", f"must be at least 4, got {self.max_text_len}")
+        require(self.max_audio_tokens > 0, "max_audio_tokens", f"must be positive, got {self.max_audio_tokens}")
+        require(self.d_embed > 0, "d_embed", f"must be positive, got {self.d_embed}")
+        require(self.fusion in FUSIONS, "fusion", f"must be one of {FUSIONS}, got {self.fusion!r}")
         special = {"pad_id": self.pad_id, "bos_id": self.bos_id, "eos_id": self.eos_id, "blank_id": self.blank_id}
         for name, value in special.items():
-            _require(0 <= value < self.vocab_size, name, f"must be in [0, vocab_size={self.vocab_size}), got {value}")
-        _require(len(set(special.values())) == len(special), "blank_id", f"special ids must differ, got {special}")
+            require(0 <= value < self.vocab_size, name, f"must be in [0, vocab_size={self.vocab_size}), got {value}")
+        require(len(set(special.values())) == len(special), "blank_id", f"special ids must differ, got {special}")
 
     @property
     def n_image_tokens(self) -> int:

@@ -35,8 +35,8 @@ import numpy as np
 import torch
 import torchaudio.functional as AF
 
-from mmbm.config import ImageConfig
-from mmbm.errors import AudioError, ConfigError
+from mmbm.config import ImageConfig, require
+from mmbm.errors import AudioError
 
 NoiseColor = Literal["white", "pink"]
 MaskValue = Literal["mean", "zero"]
@@ -46,17 +46,12 @@ _FLIPPED_WORDS = {"left": "right", "right": "left", "leftmost": "rightmost", "ri
 _SIDE_WORD = re.compile(r"\b(" + "|".join(_FLIPPED_WORDS) + r")\b")
 
 
-def _require(condition: bool, name: str, message: str) -> None:
-    if not condition:
-        raise ConfigError(f"{name}: {message}")
-
-
 def _check_probability(name: str, value: float) -> None:
-    _require(0.0 <= value <= 1.0, name, f"must be a probability in [0, 1], got {value}")
+    require(0.0 <= value <= 1.0, name, f"must be a probability in [0, 1], got {value}")
 
 
 def _check_range(name: str, value: tuple[float, float], low: float, high: float) -> None:
-    _require(
+    require(
         len(value) == 2 and low <= value[0] <= value[1] <= high,
         name,
         f"must be (min, max) with {low} <= min <= max <= {high}, got {value}",
@@ -80,8 +75,8 @@ class ImageAugmentConfig:
             _check_probability(name, getattr(self, name))
         for name in ("brightness", "contrast", "saturation"):
             value = getattr(self, name)
-            _require(0.0 <= value <= 0.25, name, f"must be in [0, 0.25] so colour names stay true, got {value}")
-        _require(0.0 <= self.max_shift <= 0.25, "max_shift", f"must be in [0, 0.25], got {self.max_shift}")
+            require(0.0 <= value <= 0.25, name, f"must be in [0, 0.25] so colour names stay true, got {value}")
+        require(0.0 <= self.max_shift <= 0.25, "max_shift", f"must be in [0, 0.25], got {self.max_shift}")
 
 
 @dataclass(frozen=True)
@@ -117,26 +112,26 @@ class AudioAugmentConfig:
         _check_range("direct_ratio_db_range", self.direct_ratio_db_range, -20.0, 40.0)
         _check_range("lowpass_hz_range", self.lowpass_hz_range, 500.0, 48_000.0)
         _check_range("highpass_hz_range", self.highpass_hz_range, 0.0, 2_000.0)
-        _require(
+        require(
             self.highpass_hz_range[1] < self.lowpass_hz_range[0],
             "highpass_hz_range",
             f"its max must be below lowpass_hz_range's min, got {self.highpass_hz_range} and {self.lowpass_hz_range}",
         )
         _check_range("snr_db_range", self.snr_db_range, -10.0, 100.0)
-        _require(
+        require(
             len(self.noise_colors) > 0 and all(c in ("white", "pink") for c in self.noise_colors),
             "noise_colors",
             f"must be a non-empty tuple of 'white'/'pink', got {self.noise_colors}",
         )
         _check_range("gain_db_range", self.gain_db_range, -40.0, 20.0)
         for name in ("n_freq_masks", "max_freq_mask", "n_time_masks", "max_time_mask"):
-            _require(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
-        _require(
+            require(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
+        require(
             0.0 <= self.max_time_fraction <= 1.0,
             "max_time_fraction",
             f"must be in [0, 1], got {self.max_time_fraction}",
         )
-        _require(
+        require(
             self.mask_value in ("mean", "zero"), "mask_value", f"must be 'mean' or 'zero', got {self.mask_value!r}"
         )
 

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from mmbm.config import require
 from mmbm.data.scene import (
     BACKGROUND_KINDS,
     COLOUR_RGB,
@@ -37,7 +38,6 @@ from mmbm.data.scene import (
     Scene,
     SceneObject,
 )
-from mmbm.errors import ConfigError
 
 __all__ = [
     "BACKGROUND_KINDS",
@@ -72,11 +72,6 @@ HELDOUT_STREAM = 7_919  # SeedSequence key for choosing held-out pairs; no split
 MAX_SPLIT_SIZE = 9_999_999  # ids carry seven digits
 
 
-def _require(condition: bool, name: str, message: str) -> None:
-    if not condition:
-        raise ConfigError(f"{name}: {message}")
-
-
 @dataclass(frozen=True)
 class ShapesConfig:
     """Everything that decides a ShapesWorld image corpus; equal configs give equal corpora."""
@@ -95,42 +90,42 @@ class ShapesConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _require(32 <= self.image_size <= 1024, "image_size", f"must be in [32, 1024], got {self.image_size}")
-        _require(1 <= self.supersample <= 8, "supersample", f"must be in [1, 8], got {self.supersample}")
-        _require(
+        require(32 <= self.image_size <= 1024, "image_size", f"must be in [32, 1024], got {self.image_size}")
+        require(1 <= self.supersample <= 8, "supersample", f"must be in [1, 8], got {self.supersample}")
+        require(
             self.image_size * self.supersample <= 4096,
             "supersample",
             f"image_size x supersample must be at most 4096, got {self.image_size * self.supersample}",
         )
-        _require(
+        require(
             1 <= self.n_train <= MAX_SPLIT_SIZE, "n_train", f"must be in [1, {MAX_SPLIT_SIZE}], got {self.n_train}"
         )
         for name in ("n_val", "n_test", "n_compositional"):
             value = getattr(self, name)
-            _require(0 <= value <= MAX_SPLIT_SIZE, name, f"must be in [0, {MAX_SPLIT_SIZE}], got {value}")
-        _require(1 <= self.min_objects <= 3, "min_objects", f"must be in [1, 3], got {self.min_objects}")
-        _require(
+            require(0 <= value <= MAX_SPLIT_SIZE, name, f"must be in [0, {MAX_SPLIT_SIZE}], got {value}")
+        require(1 <= self.min_objects <= 3, "min_objects", f"must be in [1, 3], got {self.min_objects}")
+        require(
             self.min_objects <= self.max_objects <= 3,
             "max_objects",
             f"must be in [min_objects={self.min_objects}, 3], got {self.max_objects}",
         )
-        _require(5 <= self.n_captions <= 20, "n_captions", f"must be in [5, 20], got {self.n_captions}")
+        require(5 <= self.n_captions <= 20, "n_captions", f"must be in [5, 20], got {self.n_captions}")
         max_pairs = min(len(SHAPES), len(COLOURS))
-        _require(
+        require(
             0 <= self.n_heldout_pairs <= max_pairs,
             "n_heldout_pairs",
             f"must be in [0, {max_pairs}] (one pair per shape and per colour), got {self.n_heldout_pairs}",
         )
-        _require(
+        require(
             self.n_compositional == 0 or self.n_heldout_pairs > 0,
             "n_heldout_pairs",
             "must be at least 1 when n_compositional > 0 (compositional scenes show held-out pairs)",
         )
-        _require(len(self.backgrounds) > 0, "backgrounds", "must name at least one background kind")
+        require(len(self.backgrounds) > 0, "backgrounds", "must name at least one background kind")
         unknown = [b for b in self.backgrounds if b not in BACKGROUND_KINDS]
-        _require(not unknown, "backgrounds", f"unknown kind(s) {unknown}; choose from {BACKGROUND_KINDS}")
-        _require(len(set(self.backgrounds)) == len(self.backgrounds), "backgrounds", "must not repeat a kind")
-        _require(0 <= self.seed < 2**63, "seed", f"must be in [0, 2**63), got {self.seed}")
+        require(not unknown, "backgrounds", f"unknown kind(s) {unknown}; choose from {BACKGROUND_KINDS}")
+        require(len(set(self.backgrounds)) == len(self.backgrounds), "backgrounds", "must not repeat a kind")
+        require(0 <= self.seed < 2**63, "seed", f"must be in [0, 2**63), got {self.seed}")
 
     @property
     def split_sizes(self) -> dict[str, int]:
@@ -163,7 +158,7 @@ class ShapesConfig:
     def from_dict(cls, values: dict[str, Any]) -> ShapesConfig:
         """Rebuild from ``to_dict()`` output; unknown keys are refused by name."""
         unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
-        _require(not unknown, "config", f"unknown field(s) {unknown}")
+        require(not unknown, "config", f"unknown field(s) {unknown}")
         values = dict(values)
         if isinstance(values.get("backgrounds"), list):
             values["backgrounds"] = tuple(values["backgrounds"])

@@ -39,9 +39,9 @@ import soundfile
 from tqdm import tqdm
 
 from mmbm.audio import is_silent, resample, save_audio
-from mmbm.config import SAMPLE_RATE
+from mmbm.config import SAMPLE_RATE, require
 from mmbm.data.tts import ENGINE_NAMES, FAMILIES, TTSEngine, Voice, build_catalogue, make_engine
-from mmbm.errors import ConfigError, DataError, MMBMError
+from mmbm.errors import DataError, MMBMError
 from mmbm.files import write_text_atomic
 from mmbm.tokenizer import normalize_text, number_to_words
 
@@ -58,11 +58,6 @@ PAD_SECONDS = 0.05  # silence kept on each side after trimming
 PEAK = 0.89  # clips are scaled to -1 dBFS peak, leaving headroom for gain augmentation
 CORPUS_FORMAT = "mmbm-speech-1"
 Kind = Literal["caption", "number"]
-
-
-def _require(condition: bool, name: str, message: str) -> None:
-    if not condition:
-        raise ConfigError(f"{name}: {message}")
 
 
 @dataclass(frozen=True)
@@ -91,24 +86,24 @@ class SpeechConfig:
     def __post_init__(self) -> None:
         for split in SPLITS:
             count = getattr(self, f"n_{split}")
-            _require(isinstance(count, int) and 0 <= count <= 1_000_000, f"n_{split}",
+            require(isinstance(count, int) and 0 <= count <= 1_000_000, f"n_{split}",
                      f"must be an int in [0, 1000000], got {count!r}")
-        _require(self.n_train + self.n_val + self.n_test > 0, "n_train", "train, val and test hold no clips")
-        _require(len(set(self.engines)) == len(self.engines) > 0, "engines", f"need some, no repeats: {self.engines}")
+        require(self.n_train + self.n_val + self.n_test > 0, "n_train", "train, val and test hold no clips")
+        require(len(set(self.engines)) == len(self.engines) > 0, "engines", f"need some, no repeats: {self.engines}")
         for engine in self.engines:
-            _require(engine in ENGINE_NAMES, "engines", f"unknown TTS engine {engine!r}; known: {', '.join(ENGINE_NAMES)}")
+            require(engine in ENGINE_NAMES, "engines", f"unknown TTS engine {engine!r}; known: {', '.join(ENGINE_NAMES)}")
         for engine, share in self.engine_shares:
-            _require(engine in ENGINE_NAMES and 0 < share <= 1, "engine_shares", f"bad share {engine!r}: {share}")
+            require(engine in ENGINE_NAMES and 0 < share <= 1, "engine_shares", f"bad share {engine!r}: {share}")
         missing = set(self.engines) - dict(self.engine_shares).keys()
-        _require(not missing, "engine_shares", f"no share given for enabled engine(s) {', '.join(sorted(missing))}")
+        require(not missing, "engine_shares", f"no share given for enabled engine(s) {', '.join(sorted(missing))}")
         family = self.heldout_family
-        _require(family in FAMILIES, "heldout_family", f"unknown voice family {family!r}; known: {', '.join(FAMILIES)}")
+        require(family in FAMILIES, "heldout_family", f"unknown voice family {family!r}; known: {', '.join(FAMILIES)}")
         families = {v.family for v in build_catalogue(self.seed, self.engines)}
-        _require(family in families or not self.n_heldout, "heldout_family",
+        require(family in families or not self.n_heldout, "heldout_family",
                  f"no enabled engine speaks as {family!r} (engines: {', '.join(self.engines)})")
-        _require(bool(families - {family}), "heldout_family", f"holding out {family!r} leaves no seen voice")
-        _require(0.0 <= self.number_share <= 1.0, "number_share", f"must be in [0, 1], got {self.number_share}")
-        _require(1 <= self.n_workers <= 64, "n_workers", f"must be in [1, 64], got {self.n_workers}")
+        require(bool(families - {family}), "heldout_family", f"holding out {family!r} leaves no seen voice")
+        require(0.0 <= self.number_share <= 1.0, "number_share", f"must be in [0, 1], got {self.number_share}")
+        require(1 <= self.n_workers <= 64, "n_workers", f"must be in [1, 64], got {self.n_workers}")
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self)))  # tuples -> lists, as stored in corpus.json

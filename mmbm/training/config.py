@@ -18,9 +18,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from mmbm.config import ImageConfig, ModelConfig
+from mmbm.config import ImageConfig, ModelConfig, require
 from mmbm.device import DeviceName
-from mmbm.errors import ConfigError
 
 Mixing = Literal["sum", "round_robin"]
 Precision = Literal["auto", "fp32", "bf16"]
@@ -30,11 +29,6 @@ TASKS: tuple[str, ...] = ("caption", "retrieval", "speech")  # every optimizer s
 RESUMABLE_FIELDS = ("resume", "progress", "max_minutes", "num_workers", "device", "compile")
 # ModelConfig fields that have their own flag; the rest come from the preset.
 MODEL_FLAGS = ("d_model", "n_layers", "n_heads", "d_ff", "dropout", "patch_size", "vocab_size", "fusion")
-
-
-def _require(condition: bool, name: str, message: str) -> None:
-    if not condition:
-        raise ConfigError(f"{name}: {message}")
 
 
 def _help(text: str) -> dict[str, Any]:
@@ -94,37 +88,37 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name in ("out", "images", "speech"):
-            _require(isinstance(getattr(self, name), str) and getattr(self, name) != "", name, "must be a path")
-        _require(isinstance(self.model, ModelConfig), "model", f"must be a ModelConfig, got {type(self.model)}")
-        _require(self.max_steps is not None or self.max_minutes is not None, "max_steps",
+            require(isinstance(getattr(self, name), str) and getattr(self, name) != "", name, "must be a path")
+        require(isinstance(self.model, ModelConfig), "model", f"must be a ModelConfig, got {type(self.model)}")
+        require(self.max_steps is not None or self.max_minutes is not None, "max_steps",
                  "give --max-steps, --max-minutes or both")
-        _require(self.max_steps is None or self.max_steps >= 1, "max_steps", f"must be >= 1, got {self.max_steps}")
-        _require(self.max_minutes is None or self.max_minutes > 0, "max_minutes",
+        require(self.max_steps is None or self.max_steps >= 1, "max_steps", f"must be >= 1, got {self.max_steps}")
+        require(self.max_minutes is None or self.max_minutes > 0, "max_minutes",
                  f"must be positive, got {self.max_minutes}")
         for name in ("batch_size", "speech_batch_size", "grad_accum", "checkpoint_every", "keep_checkpoints",
                      "eval_every", "patience", "n_val_images", "n_val_clips"):
-            _require(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
-        _require(self.mixing in typing.get_args(Mixing), "mixing", f"must be sum or round_robin, got {self.mixing!r}")
-        _require(self.mixing != "round_robin" or self.grad_accum % len(TASKS) == 0, "grad_accum",
+            require(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+        require(self.mixing in typing.get_args(Mixing), "mixing", f"must be sum or round_robin, got {self.mixing!r}")
+        require(self.mixing != "round_robin" or self.grad_accum % len(TASKS) == 0, "grad_accum",
                  f"round_robin needs a multiple of {len(TASKS)} micro-steps so every step sees every task, "
                  f"got {self.grad_accum}")
         weights = (self.caption_weight, self.contrastive_weight, self.ctc_weight)
-        _require(all(w >= 0 for w in weights) and any(w > 0 for w in weights), "caption_weight",
+        require(all(w >= 0 for w in weights) and any(w > 0 for w in weights), "caption_weight",
                  f"task weights must be >= 0 and not all 0, got {weights}")
-        _require(0.0 <= self.label_smoothing < 1.0, "label_smoothing", f"must be in [0, 1), got {self.label_smoothing}")
-        _require(self.lr > 0, "lr", f"must be positive, got {self.lr}")
-        _require(0.0 <= self.min_lr_ratio <= 1.0, "min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
-        _require(self.warmup_steps >= 0, "warmup_steps", f"must be >= 0, got {self.warmup_steps}")
-        _require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
+        require(0.0 <= self.label_smoothing < 1.0, "label_smoothing", f"must be in [0, 1), got {self.label_smoothing}")
+        require(self.lr > 0, "lr", f"must be positive, got {self.lr}")
+        require(0.0 <= self.min_lr_ratio <= 1.0, "min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
+        require(self.warmup_steps >= 0, "warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+        require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
         for name in ("beta1", "beta2"):
-            _require(0.0 <= getattr(self, name) < 1.0, name, f"must be in [0, 1), got {getattr(self, name)}")
-        _require(self.grad_clip >= 0, "grad_clip", f"must be >= 0, got {self.grad_clip}")
-        _require(self.precision in typing.get_args(Precision), "precision",
+            require(0.0 <= getattr(self, name) < 1.0, name, f"must be in [0, 1), got {getattr(self, name)}")
+        require(self.grad_clip >= 0, "grad_clip", f"must be >= 0, got {self.grad_clip}")
+        require(self.precision in typing.get_args(Precision), "precision",
                  f"must be auto, fp32 or bf16, got {self.precision!r}")
-        _require(self.device in typing.get_args(DeviceName), "device", f"must be one of {typing.get_args(DeviceName)}, got {self.device!r}")
-        _require(self.early_stop_metric in typing.get_args(StopMetric), "early_stop_metric",
+        require(self.device in typing.get_args(DeviceName), "device", f"must be one of {typing.get_args(DeviceName)}, got {self.device!r}")
+        require(self.early_stop_metric in typing.get_args(StopMetric), "early_stop_metric",
                  f"must be one of {typing.get_args(StopMetric)}, got {self.early_stop_metric!r}")
-        _require(self.num_workers >= 0, "num_workers", f"must be >= 0, got {self.num_workers}")
+        require(self.num_workers >= 0, "num_workers", f"must be >= 0, got {self.num_workers}")
 
     @property
     def task_weights(self) -> dict[str, float]:
