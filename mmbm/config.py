@@ -19,6 +19,8 @@ from mmbm.errors import ConfigError
 Fusion = Literal["attention", "concat", "multiply"]
 FUSIONS: tuple[str, ...] = ("attention", "concat", "multiply")
 Resize = Literal["pad", "crop", "squash"]
+ImageStemKind = Literal["patch", "conv"]
+IMAGE_STEMS: tuple[str, ...] = ("patch", "conv")
 RESIZES: tuple[str, ...] = ("pad", "crop", "squash")
 
 SAMPLE_RATE = 16_000  # Hz; every clip is resampled to this on load
@@ -113,9 +115,11 @@ class ModelConfig:
     d_ff: int = 768
     dropout: float = 0.0
     patch_size: int = 8
+    image_stem: ImageStemKind = "conv"  # "patch": one strided conv; "conv": log2(patch_size) 3x3 stride-2 convs
     vocab_size: int = 512
     max_text_len: int = 40  # tokens, including bos/eos
-    max_audio_tokens: int = 1_600  # after 4x subsampling: 64 s of audio at 25 tokens/s
+    max_audio_tokens: int = 1_600  # after 8x subsampling: 128 s of audio at 12.5 tokens/s
+    audio_subsampling: int = 8  # audio frames per audio token: 2, 4, 8 or 16 (one stride-2 conv each halving)
     d_embed: int = 128
     fusion: Fusion = "attention"
     # Special token ids; they must match the tokenizer (mmbm.tokenizer puts pad, bos,
@@ -149,6 +153,13 @@ class ModelConfig:
         )
         require(self.vocab_size >= 8, "vocab_size", f"must be at least 8, got {self.vocab_size}")
         require(self.max_text_len >= 4, "max_text_len", f"must be at least 4, got {self.max_text_len}")
+        require(self.image_stem in IMAGE_STEMS, "image_stem", f"must be one of {IMAGE_STEMS}, got {self.image_stem!r}")
+        require(self.image_stem != "conv" or (self.patch_size >= 2 and self.patch_size & (self.patch_size - 1) == 0
+                                              and self.d_model % (self.patch_size // 2) == 0),
+                "image_stem", f"'conv' needs a power-of-two patch_size >= 2 with d_model divisible by patch_size/2, "
+                f"got patch_size={self.patch_size}, d_model={self.d_model}")
+        require(self.audio_subsampling in (2, 4, 8, 16), "audio_subsampling",
+                f"must be 2, 4, 8 or 16, got {self.audio_subsampling}")
         require(self.max_audio_tokens > 0, "max_audio_tokens", f"must be positive, got {self.max_audio_tokens}")
         require(self.d_embed > 0, "d_embed", f"must be positive, got {self.d_embed}")
         require(self.fusion in FUSIONS, "fusion", f"must be one of {FUSIONS}, got {self.fusion!r}")

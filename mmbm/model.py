@@ -35,7 +35,7 @@ from mmbm.config import ModelConfig
 from mmbm.errors import ConfigError, TextError
 from mmbm.heads import CTCHead, RetrievalHead, build_fusion, mean_pool
 from mmbm.layers import KVCache
-from mmbm.stems import AUDIO_SUBSAMPLING, AudioStem, ImageStem, TextStem
+from mmbm.stems import AudioStem, ImageStem, TextStem
 
 if TYPE_CHECKING:
     from mmbm.tokenizer import Tokenizer
@@ -158,8 +158,8 @@ class MMBM(nn.Module):
 
     @property
     def audio_frame_seconds(self) -> float:
-        """Seconds between consecutive audio tokens: hop x subsampling (0.04 s by default)."""
-        return self.config.audio.hop_length / self.config.audio.sample_rate * AUDIO_SUBSAMPLING
+        """Seconds between consecutive audio tokens: hop x subsampling (0.08 s by default)."""
+        return self.config.audio.hop_length / self.config.audio.sample_rate * self.config.audio_subsampling
 
     def caption_head(self, hidden: Tensor) -> Tensor:
         """(B, L, D) -> (B, L, V) logits; the text embedding matrix serves as the output layer."""
@@ -220,13 +220,15 @@ class MMBM(nn.Module):
         """(B, 3, S, S) pixels and (B, L) ids -> (B, L, V); logits[:, i] predicts ids[:, i + 1]."""
         return self.caption_forward(pixels, ids).logits
 
-    def forward(self, pixels: Tensor, ids: Tensor) -> ImageTextOutput:
+    def forward(self, pixels: Tensor, ids: Tensor, caption_ids: Tensor | None = None) -> ImageTextOutput:
         """Image-text training pass: caption logits and both retrieval embeddings.
 
         The image embedding comes from the caption pass itself (its image rows are
         the unimodal encoding); the text embedding needs its own bidirectional pass.
+        ``caption_ids`` (default ``ids``) are what the caption pass is teacher-forced
+        on, when the captioner learns a different text than retrieval matches.
         """
-        caption = self.caption_forward(pixels, ids)
+        caption = self.caption_forward(pixels, ids if caption_ids is None else caption_ids)
         image_embeds = self.retrieval.embed_image(mean_pool(caption.image_hidden), normalize=True)
         return ImageTextOutput(caption.logits, image_embeds, self.encode_text(ids), self.retrieval.scale())
 

@@ -191,3 +191,32 @@ def test_quick_benchmark_writes_every_table_and_resumes(images: Path, tmp_path: 
     stamp = (out / "shared" / "bench_run.json").stat().st_mtime_ns
     assert main(argv) == 0  # a rerun skips every finished stage
     assert (out / "shared" / "bench_run.json").stat().st_mtime_ns == stamp
+
+
+# ----- audio stem ablation -------------------------------------------------------------------
+
+
+def test_speech_stem_ablation_trains_every_variant_and_refuses_bad_input(tmp_path: Path) -> None:
+    from bench.speech_stem import main as speech_stem
+
+    folder = tmp_path / "speech"
+    (folder / "clips").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for split, texts in (("train", ["one two", "three", "four five six"]), ("val", ["one", "two three"])):
+        rows = []
+        for i, text in enumerate(texts):
+            path = folder / "clips" / f"{split}{i}.wav"
+            soundfile.write(path, 0.1 * rng.standard_normal(8_000 + 4_000 * i), 16_000)
+            rows.append(json.dumps({"audio": f"clips/{path.name}", "text": text}))
+        (folder / f"{split}.jsonl").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "stem.json"
+    assert speech_stem(["--speech", str(folder), "--steps", "2", "--eval-every", "1", "--batch-size", "2",
+                        "--no-augment", "--out", str(out)]) == 0
+    results = json.loads(out.read_text())["results"]
+    assert [r["variant"] for r in results] == ["4x no LayerNorm", "4x", "8x no LayerNorm", "8x"]
+    for result in results:
+        assert [p["step"] for p in result["curve"]] == [1, 2]
+        assert all(p["cer"] >= 0.0 and math.isfinite(p["loss"]) for p in result["curve"])
+    assert speech_stem(["--speech", str(tmp_path / "missing"), "--out", str(out)]) == 2
+    with pytest.raises(SystemExit):
+        speech_stem(["--speech", str(folder), "--variants", "16x"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -115,6 +116,31 @@ def test_flip_augmentation_flips_the_caption_ids(image_records: list[ImageTextRe
     )
     assert tokenizer.decode(flipping[0].ids.tolist()) == "a red circle right of a blue square"
     torch.testing.assert_close(flipping[0].pixels, plain[0].pixels.flip(-1))
+
+
+def test_caption_targets_feed_the_captioner_while_retrieval_keeps_the_sampled_caption(
+    image_records: list[ImageTextRecord], tokenizer: Tokenizer
+) -> None:
+    targeted = [dataclasses.replace(r, caption_targets=(r.captions[0], "two green triangles"))
+                for r in image_records]
+    plain = caption_dataset(targeted, tokenizer, captions="all")
+    assert all(item.caption_ids is item.ids for item in map(plain.__getitem__, range(len(plain))))  # off by default
+    dataset = caption_dataset(targeted, tokenizer, captions="all", caption_targets=True)
+    for i in range(len(dataset)):
+        item = dataset[i]
+        assert tokenizer.decode(item.ids.tolist()) == CAPTIONS[item.image_index][i - sum(map(len, CAPTIONS[:item.image_index]))]
+        assert tokenizer.decode(item.caption_ids.tolist()) == CAPTIONS[item.image_index][0]
+    flipping = caption_dataset(targeted, tokenizer, captions="all", caption_targets=True,
+                               augment=ImageAugmentConfig(p_jitter=0, p_shift=0, p_flip=1))
+    assert tokenizer.decode(flipping[1].caption_ids.tolist()) == "two green triangles"  # the mirror image's target
+    batch = dataset.collate([dataset[i] for i in (1, 3, 5)])
+    assert batch.caption_ids.shape == (3, max(len(dataset[i].caption_ids) for i in (1, 3, 5)))
+    for row, item in zip(batch.caption_ids, [dataset[i] for i in (1, 3, 5)], strict=True):
+        assert torch.equal(row[: len(item.caption_ids)], item.caption_ids)
+        assert (row[len(item.caption_ids):] == tokenizer.pad_id).all()
+    untargeted = caption_dataset(image_records, tokenizer, captions="all", caption_targets=True)
+    item = untargeted[0]
+    assert item.caption_ids is item.ids  # records without a target (COCO) use their caption
 
 
 def test_collate_pads_ids_and_gives_lengths(image_records: list[ImageTextRecord], tokenizer: Tokenizer) -> None:

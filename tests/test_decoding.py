@@ -38,8 +38,9 @@ def tokenizer() -> Tokenizer:
     return train_tokenizer(CAPTIONS * 3, vocab_size=80)
 
 
-def make_model(tokenizer: Tokenizer, fusion: str = "attention", seed: int = 0) -> MMBM:
-    small = dict(d_model=32, n_layers=2, n_heads=2, d_ff=64, d_embed=16, max_text_len=16, max_audio_tokens=64)
+def make_model(tokenizer: Tokenizer, fusion: str = "attention", seed: int = 1) -> MMBM:
+    small = dict(d_model=32, n_layers=2, n_heads=2, d_ff=64, d_embed=16, max_text_len=16, max_audio_tokens=64,
+                 image_stem="patch")  # the seeded random instances below were chosen with this stem
     config = ModelConfig.tiny(fusion=fusion, image=ImageConfig(image_size=32), **small)
     torch.manual_seed(seed)
     model = MMBM(config_for_tokenizer(config, tokenizer)).eval()
@@ -268,9 +269,9 @@ def test_transcribe_features_runs_the_model_per_clip(tokenizer: Tokenizer) -> No
     for options in (CTCDecodingOptions(), CTCDecodingOptions(method="beam", beam_size=4)):
         transcripts = transcribe_features(model, features, lengths, tokenizer, options)
         assert len(transcripts) == 2
-        for transcript, n_frames in zip(transcripts, [13, 8], strict=True):
+        for transcript, n_frames in zip(transcripts, [7, 4], strict=True):
             assert transcript.text == " ".join(w.word for w in transcript.words)
-            assert all(0 <= w.start_s < w.end_s <= n_frames * 0.04 + 1e-9 for w in transcript.words)
+            assert all(0 <= w.start_s < w.end_s <= n_frames * model.audio_frame_seconds + 1e-9 for w in transcript.words)
             assert 0.0 <= transcript.confidence <= 1.0 and not math.isnan(transcript.confidence)
     greedy = transcribe_features(model, features[1:], lengths[1:], tokenizer)[0]
     single = transcribe_features(model, features[1:, :, :30], lengths[1:], tokenizer)[0]

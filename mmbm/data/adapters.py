@@ -39,11 +39,17 @@ Record = TypeVar("Record", "ImageTextRecord", "AudioTextRecord")
 
 @dataclass(frozen=True)
 class ImageTextRecord:
-    """One image and every caption written for it (normalised, non-empty)."""
+    """One image and every caption written for it (normalised, non-empty).
+
+    ``caption_targets``, when known, is the one caption a captioner should learn
+    for the image as drawn and for its mirror image (ShapesWorld's complete,
+    left-to-right canonical caption); real corpora leave it None.
+    """
 
     image_path: Path
     captions: list[str]
     id: str
+    caption_targets: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True)

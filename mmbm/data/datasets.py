@@ -43,6 +43,7 @@ class ImageTextItem:
     pixels: torch.Tensor  # (3, S, S) float32, normalised
     ids: torch.Tensor  # (L,) int64 caption ids with bos/eos
     image_index: int  # index of the image's record, shared by all its captions
+    caption_ids: torch.Tensor  # (L',) the captioner's target ids: ``ids`` unless the dataset uses caption targets
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,7 @@ class ImageTextBatch(TensorBatch):
     ids: torch.Tensor  # (B, L) int64, padded with pad_id
     lengths: torch.Tensor  # (B,) int64 ids before padding
     image_index: torch.Tensor  # (B,) int64; equal entries are the same image (a false negative for retrieval)
+    caption_ids: torch.Tensor  # (B, L') int64 captioner targets, padded with pad_id (``ids`` without targets)
 
 
 
@@ -94,11 +96,13 @@ def collate_image_text(items: Sequence[ImageTextItem], pad_id: int) -> ImageText
     if not items:
         raise DataError("cannot collate an empty batch")
     ids, lengths = pad_ids([item.ids for item in items], pad_id)
+    same = all(item.caption_ids is item.ids for item in items)
     return ImageTextBatch(
         pixels=torch.stack([item.pixels for item in items]),  # (B, 3, S, S)
         ids=ids,
         lengths=lengths,
         image_index=torch.tensor([item.image_index for item in items], dtype=torch.long),
+        caption_ids=ids if same else pad_ids([item.caption_ids for item in items], pad_id)[0],
     )
 
 
@@ -128,6 +132,9 @@ class CaptionDataset(Dataset[ImageTextItem]):
     ``captions="sample"``: one item per image, its caption drawn afresh each epoch.
     ``captions="all"``: one item per (image, caption) pair, for evaluation or
     epochs that see every caption.
+    ``caption_targets=True``: an item's ``caption_ids`` are its record's caption
+    target (the mirrored one when augmentation flips the image) where the record
+    has one; its ``ids`` stay the sampled caption, for retrieval.
     """
 
     def __init__(
@@ -141,6 +148,7 @@ class CaptionDataset(Dataset[ImageTextItem]):
         augment: ImageAugmentConfig | None = None,
         seed: int = 0,
         cache: bool = False,
+        caption_targets: bool = False,
     ) -> None:
         if not records:
             raise DataError("CaptionDataset needs at least one record")
@@ -158,6 +166,7 @@ class CaptionDataset(Dataset[ImageTextItem]):
         self.captions = captions
         self.augment = augment
         self.seed = seed
+        self.caption_targets = caption_targets
         self.epoch = 0
         self._cache: dict[int, torch.Tensor] | None = {} if cache else None
         self._pairs = [(r, c) for r, record in enumerate(self.records) for c in range(len(record.captions))]
@@ -177,15 +186,23 @@ class CaptionDataset(Dataset[ImageTextItem]):
             caption_index = int(np.random.default_rng(seed).integers(len(self.records[index].captions)))
         else:
             record_index, caption_index = self._pairs[index]
+        record = self.records[record_index]
         pixels = self.pixels(record_index)
-        caption = self.records[record_index].captions[caption_index]
+        caption, flipped = record.captions[caption_index], False
         if self.augment is not None:
             augmented = augment_image(
                 pixels, caption, self.augment, self.image_config, torch.Generator().manual_seed(seed)
             )
-            pixels, caption = augmented.pixels, augmented.caption
+            pixels, caption, flipped = augmented.pixels, augmented.caption, augmented.flipped
+        ids = self._encode(caption)
+        caption_ids = ids
+        if self.caption_targets and record.caption_targets is not None:
+            caption_ids = self._encode(record.caption_targets[int(flipped)])
+        return ImageTextItem(pixels=pixels, ids=ids, image_index=record_index, caption_ids=caption_ids)
+
+    def _encode(self, caption: str) -> torch.Tensor:
         ids = self.tokenizer.encode(caption, add_special=True)[: self.max_text_len]
-        return ImageTextItem(pixels=pixels, ids=torch.tensor(ids, dtype=torch.long), image_index=record_index)
+        return torch.tensor(ids, dtype=torch.long)
 
     def pixels(self, record_index: int) -> torch.Tensor:
         """Decoded, resized, normalised (3, S, S) pixels of one record, before augmentation."""
@@ -220,6 +237,7 @@ class RetrievalDataset(CaptionDataset):
         augment: ImageAugmentConfig | None = None,
         seed: int = 0,
         cache: bool = False,
+        caption_targets: bool = False,
     ) -> None:
         super().__init__(
             records,
@@ -230,6 +248,7 @@ class RetrievalDataset(CaptionDataset):
             augment=augment,
             seed=seed,
             cache=cache,
+            caption_targets=caption_targets,
         )
 
 

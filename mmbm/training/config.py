@@ -23,12 +23,14 @@ from mmbm.device import DeviceName
 
 Mixing = Literal["sum", "round_robin"]
 Precision = Literal["auto", "fp32", "bf16"]
+CaptionTarget = Literal["canonical", "sampled"]
 StopMetric = Literal["combined", "caption_loss", "caption_accuracy", "retrieval_r1", "speech_cer"]
 TASKS: tuple[str, ...] = ("caption", "retrieval", "speech")  # every optimizer step sees all three
 # Fields that may change between an interrupted run and its --resume (they do not change the result).
 RESUMABLE_FIELDS = ("resume", "progress", "max_minutes", "num_workers", "device", "compile")
 # ModelConfig fields that have their own flag; the rest come from the preset.
-MODEL_FLAGS = ("d_model", "n_layers", "n_heads", "d_ff", "dropout", "patch_size", "vocab_size", "fusion")
+MODEL_FLAGS = ("d_model", "n_layers", "n_heads", "d_ff", "dropout", "patch_size", "vocab_size", "fusion", "image_stem",
+               "audio_subsampling")
 
 
 def _help(text: str) -> dict[str, Any]:
@@ -61,6 +63,9 @@ class TrainConfig:
     caption_weight: float = field(default=1.0, metadata=_help("weight of the caption cross-entropy"))
     contrastive_weight: float = field(default=1.0, metadata=_help("weight of the image-text InfoNCE loss"))
     ctc_weight: float = field(default=1.0, metadata=_help("weight of the speech CTC loss"))
+    caption_target: CaptionTarget = field(default="sampled", metadata=_help(
+        "what the captioner learns: canonical = the corpus' complete caption of each image where it has one "
+        "(ShapesWorld), sampled = the caption drawn for retrieval"))
     label_smoothing: float = field(default=0.1, metadata=_help("caption label smoothing (arXiv:1512.00567)"))
     lr: float = field(default=1e-3, metadata=_help("peak learning rate (AdamW)"))
     min_lr_ratio: float = field(default=0.1, metadata=_help("final LR as a fraction of the peak"))
@@ -105,6 +110,8 @@ class TrainConfig:
         weights = (self.caption_weight, self.contrastive_weight, self.ctc_weight)
         require(all(w >= 0 for w in weights) and any(w > 0 for w in weights), "caption_weight",
                  f"task weights must be >= 0 and not all 0, got {weights}")
+        require(self.caption_target in typing.get_args(CaptionTarget), "caption_target",
+                f"must be canonical or sampled, got {self.caption_target!r}")
         require(0.0 <= self.label_smoothing < 1.0, "label_smoothing", f"must be in [0, 1), got {self.label_smoothing}")
         require(self.lr > 0, "lr", f"must be positive, got {self.lr}")
         require(0.0 <= self.min_lr_ratio <= 1.0, "min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")

@@ -30,8 +30,10 @@ from mmbm.config import ModelConfig
 from mmbm.data.adapters import AudioTextRecord, ImageTextRecord, load_audio_manifest
 from mmbm.data.adapters import load_image_manifest as load_image_manifest_file
 from mmbm.data.augment import AudioAugmentConfig, ImageAugmentConfig
+from mmbm.data.captions import canonical_caption
 from mmbm.data.corpus import load_image_manifest
 from mmbm.data.datasets import CaptionDataset, RetrievalDataset, SpeechDataset, item_seed
+from mmbm.data.scene import mirror_scene
 from mmbm.errors import DataError
 from mmbm.tokenizer import Tokenizer, train_tokenizer
 
@@ -51,8 +53,11 @@ class Corpora:
 
 
 def _image_split(folder: Path, split: str) -> list[ImageTextRecord]:
+    """ShapesWorld records; each carries its canonical caption (as drawn and mirrored) as captioner target."""
     records = load_image_manifest(folder, split)  # DataError when corpus.json or an image is missing
-    return [ImageTextRecord(image_path=r.image, captions=list(r.captions), id=r.id) for r in records]
+    return [ImageTextRecord(image_path=r.image, captions=list(r.captions), id=r.id,
+                            caption_targets=(canonical_caption(r.scene), canonical_caption(mirror_scene(r.scene))))
+            for r in records]
 
 
 def _speech_split(folder: Path, split: str) -> list[AudioTextRecord]:
@@ -120,15 +125,21 @@ class Datasets:
 
 
 def build_datasets(corpora: Corpora, tokenizer: Tokenizer, model: ModelConfig, *, seed: int, augment: bool,
-                   cache: bool, n_val_images: int, n_val_clips: int) -> Datasets:
-    """Training sets (augmented when asked, one caption per image per epoch) and fixed validation sets."""
+                   cache: bool, n_val_images: int, n_val_clips: int, caption_targets: bool = False) -> Datasets:
+    """Training sets (augmented when asked, one caption per image per epoch) and fixed validation sets.
+
+    ``caption_targets``: the captioner learns each record's caption target where it has one
+    (ShapesWorld's canonical caption) while retrieval still sees the sampled captions.
+    """
     return Datasets(
         train_image_text=RetrievalDataset(corpora.train_images, tokenizer, model.image, max_text_len=model.max_text_len,
-                                          augment=ImageAugmentConfig() if augment else None, seed=seed, cache=cache),
+                                          augment=ImageAugmentConfig() if augment else None, seed=seed, cache=cache,
+                                          caption_targets=caption_targets),
         train_speech=SpeechDataset(corpora.train_speech, tokenizer, model.audio,
                                    augment=AudioAugmentConfig() if augment else None, seed=seed, cache=cache),
         val_image_text=CaptionDataset(corpora.val_images[:n_val_images], tokenizer, model.image,
-                                      max_text_len=model.max_text_len, seed=seed, cache=True),
+                                      max_text_len=model.max_text_len, seed=seed, cache=True,
+                                      caption_targets=caption_targets),
         val_speech=SpeechDataset(corpora.val_speech[:n_val_clips], tokenizer, model.audio, seed=seed, cache=True),
     )
 

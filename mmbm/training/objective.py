@@ -40,13 +40,14 @@ class MultiTaskModule(nn.Module):
         losses: dict[str, Tensor] = {}
         if "caption" in tasks and "retrieval" in tasks:
             assert image_text is not None
-            out = self.model(image_text.pixels, image_text.ids)  # one pass: caption logits and both embeddings
-            losses["caption"] = self._caption(out.caption_logits, image_text.ids)
+            # one pass: caption logits and both embeddings
+            out = self.model(image_text.pixels, image_text.ids, image_text.caption_ids)
+            losses["caption"] = self._caption(out.caption_logits, image_text.caption_ids)
             losses["retrieval"] = self._contrastive(out.image_embeds, out.text_embeds, out.logit_scale)
         elif "caption" in tasks:
             assert image_text is not None
-            losses["caption"] = self._caption(self.model.caption_logits(image_text.pixels, image_text.ids),
-                                              image_text.ids)
+            losses["caption"] = self._caption(self.model.caption_logits(image_text.pixels, image_text.caption_ids),
+                                              image_text.caption_ids)
         elif "retrieval" in tasks:
             assert image_text is not None
             losses["retrieval"] = self._contrastive(self.model.encode_image(image_text.pixels),

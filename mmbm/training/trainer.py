@@ -186,7 +186,8 @@ def _setup(config: TrainConfig, dist: Distributed) -> Run:
     model.to(dist.device).train()
     state = resumed.state if resumed else TrainingState(planned_steps=config.max_steps)
     datasets = build_datasets(corpora, tokenizer, model.config, seed=config.seed, augment=config.augment,
-                              cache=config.cache, n_val_images=config.n_val_images, n_val_clips=config.n_val_clips)
+                              cache=config.cache, n_val_images=config.n_val_images, n_val_clips=config.n_val_clips,
+                              caption_targets=config.caption_target == "canonical")
     optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr,
                                   betas=(config.beta1, config.beta2), fused=dist.device.type == "cuda" or None)
     if resumed:

@@ -69,8 +69,8 @@ def _image_text_metrics(model: MMBM, dataset: CaptionDataset, batch_size: int, d
     for indices in batched(range(len(dataset)), batch_size):
         batch = dataset.collate([dataset[i] for i in indices]).to(device)
         with autocast():
-            out = model(batch.pixels, batch.ids)
-        logits, targets = out.caption_logits[:, :-1].float(), batch.ids[:, 1:]  # (B, L-1, V), (B, L-1)
+            out = model(batch.pixels, batch.ids, batch.caption_ids)
+        logits, targets = out.caption_logits[:, :-1].float(), batch.caption_ids[:, 1:]  # (B, L-1, V), (B, L-1)
         real = targets != pad_id
         loss_sum += float(F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=pad_id, reduction="sum"))
         n_right += int(((logits.argmax(dim=-1) == targets) & real).sum())
