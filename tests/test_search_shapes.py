@@ -41,7 +41,7 @@ def test_a_re_encoded_copy_of_a_scene_finds_that_scene_first(pipeline: Pipeline,
 
 
 @pytest.mark.tts
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="shipped mmbm-tiny transcribes ~30% of words; see models/mmbm-tiny/README.md")
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="shipped mmbm-tiny hears about half the words (0 of 5 found); see models/mmbm-tiny/README.md")
 def test_a_spoken_description_finds_its_scene_in_the_top_10(pipeline: Pipeline, tmp_path: Path) -> None:
     from mmbm.data.tts import Voice, make_engine
 
