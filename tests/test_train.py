@@ -287,6 +287,8 @@ def test_base_preset_takes_two_steps_on_the_cpu(corpora: tuple[Path, Path], tmp_
     assert result.steps == 2 and all(math.isfinite(v) for v in result.last_losses.values())
     trained = load_file(tmp_path / "out" / "checkpoints" / "step-0000002" / "model.safetensors")
     initial = build_model(config, Tokenizer.load(tmp_path / "out" / "tokenizer.json")).state_dict()
-    assert trained["image_stem.patch.weight"].shape == (512, 3, 16, 16)
+    # base's conv stem: four 3x3 stride-2 convolutions, 224 px -> the 14x14 grid of 16 px patches
+    assert trained["image_stem.patch.0.weight"].shape == (64, 3, 3, 3)
+    assert trained["image_stem.patch.6.weight"].shape == (512, 256, 3, 3)
     changed = [k for k in trained if not torch.equal(trained[k], initial[k])]
     assert len(changed) > 0.9 * len(trained)
