@@ -23,6 +23,9 @@ def test_presets_are_consistent() -> None:
         (lambda: ModelConfig(fusion="sum"), "fusion"),  # type: ignore[arg-type]
         (lambda: ModelConfig(dropout=1.0), "dropout"),
         (lambda: ModelConfig(patch_size=7), "patch_size"),
+        (lambda: ModelConfig(image_stem="vit"), "image_stem"),  # type: ignore[arg-type]
+        (lambda: ModelConfig(patch_size=6, image=ImageConfig(image_size=60)), "image_stem"),  # conv needs 2^k
+        (lambda: ModelConfig(audio_subsampling=3), "audio_subsampling"),
         (lambda: ImageConfig(image_size=4), "image_size"),
         (lambda: ImageConfig(background=(0, 0, 300)), "background"),
         (lambda: AudioConfig(sample_rate=4000), "sample_rate"),
