@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from mmbm.config import ModelConfig
 from mmbm.ctc import ctc_greedy
-from mmbm.data.adapters import AudioTextRecord, load_audio_manifest
+from mmbm.data.adapters import AudioTextRecord
 from mmbm.data.augment import AudioAugmentConfig
 from mmbm.data.datasets import SpeechDataset, collate_speech
 from mmbm.errors import DataError
@@ -37,6 +37,7 @@ from mmbm.losses import ctc_loss
 from mmbm.metrics import error_rates
 from mmbm.model import MMBM, config_for_tokenizer
 from mmbm.tokenizer import Tokenizer, train_tokenizer
+from mmbm.training.data import speech_split
 
 VARIANTS = {  # name -> (audio_subsampling, LayerNorm after the convolutions)
     "4x no LayerNorm": (4, False),
@@ -45,13 +46,6 @@ VARIANTS = {  # name -> (audio_subsampling, LayerNorm after the convolutions)
     "8x": (8, True),
 }
 N_VAL_CLIPS = 128
-
-
-def _records(folder: Path, split: str) -> list[AudioTextRecord]:
-    manifest = folder / f"{split}.jsonl"
-    if not manifest.is_file():
-        raise DataError(f"speech corpus {str(folder)!r} has no {split}.jsonl")
-    return load_audio_manifest(manifest, missing="error")
 
 
 @torch.no_grad()
@@ -137,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
     folder = Path(args.speech)
     try:
-        train, val = _records(folder, "train"), _records(folder, "val")[:N_VAL_CLIPS]
+        train, val = speech_split(folder, "train"), speech_split(folder, "val")[:N_VAL_CLIPS]
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -60,7 +60,8 @@ def _image_split(folder: Path, split: str) -> list[ImageTextRecord]:
             for r in records]
 
 
-def _speech_split(folder: Path, split: str) -> list[AudioTextRecord]:
+def speech_split(folder: Path, split: str) -> list[AudioTextRecord]:
+    """The records of one split of a speech corpus folder; DataError when its manifest or a clip is missing."""
     manifest = folder / f"{split}.jsonl"
     if not manifest.is_file():
         raise DataError(f"speech corpus {str(folder)!r} has no {split}.jsonl manifest")
@@ -102,7 +103,7 @@ def load_corpora(images: str | Path, speech: str | Path, images_val: str | None 
         train_speech = load_audio_manifest(speech_source, missing="error")
         val_speech = load_audio_manifest(str(speech_val), missing="error")
     else:
-        train_speech, val_speech = _speech_split(speech_source, "train"), _speech_split(speech_source, "val")
+        train_speech, val_speech = speech_split(speech_source, "train"), speech_split(speech_source, "val")
     corpora = Corpora(train_images, val_images, train_speech, val_speech)
     for name in ("train_images", "val_images", "train_speech", "val_speech"):
         if not getattr(corpora, name):
