@@ -18,7 +18,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from bench.ablation import FUSION_RUNS, SINGLE_TASK_RUNS  # noqa: E402
+from bench.ablation import FUSION_RUNS, REWEIGHTED_RUN, SINGLE_TASK_RUNS  # noqa: E402
 from bench.speech_peers import MMBM_GREEDY, MMBM_LEXICON, PS_GENERAL, PS_GRAMMAR  # noqa: E402
 from mmbm.files import write_text_atomic  # noqa: E402
 
@@ -207,9 +207,9 @@ def task_metrics(metrics: dict[str, Any], task: str) -> dict[str, tuple[float | 
     return out
 
 
-def shared_comparison(trainings: dict[str, Any]) -> list[dict[str, Any]]:
+def shared_comparison(trainings: dict[str, Any], shared_run: str = "shared") -> list[dict[str, Any]]:
     """One row per task metric: shared vs single-task value and the shared model's relative change (+ = better)."""
-    shared = trainings["shared"]["metrics"]
+    shared = trainings[shared_run]["metrics"]
     rows = []
     for task, run in SINGLE_TASK_RUNS.items():
         single = task_metrics(trainings[run]["metrics"], task)
@@ -257,6 +257,49 @@ def shared_section(results: dict[str, Any], assets: Path, prefix: str) -> list[s
                   f"{shared_params:,} ({_pct(ratio(shared_params, single_total))} of them)."]
     _change_plot(assets / "bench-shared.png", rows)
     lines += ["", f"![shared vs single-task]({prefix}bench-shared.png)"]
+    return lines + gradient_section(results)
+
+
+def gradient_section(results: dict[str, Any]) -> list[str]:
+    """Why sharing costs a task: bench.task_gradients at each point, then the reweighted shared model."""
+    gradients, trainings = results.get("gradients"), results["trainings"]
+    if not gradients or REWEIGHTED_RUN not in trainings:
+        return []
+    weights = trainings[REWEIGHTED_RUN]["run"]["weights"]
+    lines = ["", "### Why: each task's gradient on the shared weights", "",
+             "Each task's loss alone, backpropagated through the model on the same fixed training batches "
+             f"({gradients['batches']} batches of {gradients['batch_size']} pairs and "
+             f"{gradients['speech_batch_size']} clips, no augmentation), scaled by the run's task weight. Norm: "
+             "median over the batches. Cosine: median between two tasks' gradients (near 0: they neither help nor "
+             "fight). Adam share: per weight, the task's mean squared gradient over the sum of all tasks' — the "
+             "part of Adam's denominator it owns. Every task's step on a shared weight is divided by that "
+             "denominator, so a task with a small share moves the shared weights slowly however much its own "
+             "loss would gain.", ""]
+    rows = []
+    for label, point in gradients["points"].items():
+        for part in ("backbone", "image_stem", "text_stem"):
+            e = point["summary"].get(part)
+            if e is None:
+                continue
+            rows.append([label, part, " / ".join(_n(e["norm"].get(t), 3) for t in ("caption", "retrieval", "speech")),
+                         ", ".join(f"{k} {v:+.2f}" for k, v in e.get("cosine", {}).items()),
+                         ", ".join(f"{k} {v:.2f}" for k, v in e.get("adam_share", {}).items())])
+    lines += _table(["model", "part", "grad norm caption / retrieval / speech", "cosine", "Adam share"], rows)
+    lines += ["", f"_Command:_ `{gradients['command']}`.", "",
+              f"The test of that reading: `{REWEIGHTED_RUN}`, the shared model with task weights "
+              f"{' / '.join(f'{w:g}' for w in weights)} (caption / contrastive / CTC), the same seed, batches and "
+              "steps. Change against the single-task models, and against the shared model:", ""]
+    base = {(r["task"], r["metric"]): r for r in shared_comparison(trainings)}
+    rows = []
+    for r in shared_comparison(trainings, REWEIGHTED_RUN):
+        b = base.get((r["task"], r["metric"]), {})
+        vs_shared = relative_change(r["shared"], b.get("shared"), r["higher_is_better"])
+        rows.append([r["task"], r["metric"], _n(b.get("shared")), _n(r["shared"]), _n(r["single"]),
+                     "n/a" if r["change"] is None else f"{100 * r['change']:+.1f}%",
+                     "n/a" if vs_shared is None else f"{100 * vs_shared:+.1f}%"])
+    lines += _table(["task", "metric", "shared", REWEIGHTED_RUN, "single-task", "vs single-task", "vs shared"], rows)
+    lines += ["", _provenance(results["meta"], trainings[REWEIGHTED_RUN]["run"]["command"],
+                              f"{results['meta']['steps']} steps")]
     return lines
 
 

@@ -5,9 +5,11 @@
     python -m bench.run_all --quick                                    # smoke test: tiny budgets, OUT/benchmarks.md
 
 Stages, each skipped when its result is already in ``--out`` (default
-runs/bench, or runs/bench-quick): (1) the six MMBM training runs of
-bench.ablation (shared, one per task, the fusion ablation) and their
-evaluations; (2) the seed's LSTM captioner, trained for the wall-clock minutes
+runs/bench, or runs/bench-quick): (1) the seven MMBM training runs of
+bench.ablation (shared, one per task, the fusion ablation, the shared model
+with captioning weighted 3x) and their evaluations; then bench.task_gradients
+on the shared models (how large each task's gradient is on the shared weights,
+and its share of Adam's step there); (2) the seed's LSTM captioner, trained for the wall-clock minutes
 the caption-only MMBM took (or ``--lstm-minutes``); (3) every captioner on the
 same test and compositional images (bench.caption_peers); (4) MMBM beside
 pocketsphinx on the same clips (bench.speech_peers; ``--model`` is the MMBM
@@ -31,10 +33,11 @@ from typing import Any
 
 import torch
 
-from bench.ablation import FUSION_RUNS, Budget, run_all_trainings
+from bench.ablation import FUSION_RUNS, REWEIGHTED_RUN, RUNS, Budget, run_all_trainings
 from bench.caption_peers import compare_captioners, lstm_captioner, mmbm_captioner, train_lstm, trained_lstm
 from bench.report import write_report
 from bench.speech_peers import run_speech_peers
+from bench.task_gradients import TASKS, load_model, measure
 from mmbm.errors import ConfigError, MMBMError
 from mmbm.evaluate import hardware_description
 from mmbm.files import write_text_atomic
@@ -42,9 +45,13 @@ from mmbm.pipeline import model_identity
 
 logger = logging.getLogger("bench.run_all")
 
-FULL = {"steps": 600, "limit": None, "gallery_size": 1000, "repeats": 20, "out": Path("runs/bench")}
+FULL = {"steps": 600, "limit": None, "gallery_size": 1000, "repeats": 20, "out": Path("runs/bench"),
+        "gradient_batches": (8, 32, 16)}
 QUICK = {"steps": 2, "limit": 4, "gallery_size": 8, "repeats": 3, "out": Path("runs/bench-quick"),
-         "lstm_max_steps": 5}
+         "lstm_max_steps": 5, "gradient_batches": (1, 4, 2)}
+# bench.task_gradients on: (label, run, freshly initialised?)
+GRADIENT_POINTS = (("shared, at initialisation", "shared", True), ("shared, trained", "shared", False),
+                   ("shared caption x3, trained", REWEIGHTED_RUN, False))
 LSTM_NAME = "LSTM (seed, init-state)"
 FUSION_NAMES = {fusion: f"MMBM caption-only ({fusion})" for fusion in FUSION_RUNS}
 
@@ -69,6 +76,32 @@ def _validation_curve(run_dir: Path) -> list[tuple[int, float]]:
     return [(r["step"], r["caption_accuracy"]) for r in rows if r.get("kind") == "eval" and "caption_accuracy" in r]
 
 
+def task_gradient_stage(out: Path, args: argparse.Namespace, trainings: dict[str, Any]) -> dict[str, Any]:
+    """bench.task_gradients at each of GRADIENT_POINTS (cached in OUT/gradients.json)."""
+    batches, batch_size, speech_batch_size = args.gradient_batches
+    weights = {run.name: dict(zip(TASKS, run.weights, strict=True)) for run in RUNS}
+    settings = {"images": str(args.images), "speech": str(args.speech), "seed": args.seed, "batches": batches,
+                "batch_size": batch_size, "speech_batch_size": speech_batch_size,
+                "models": {label: model_identity(out / run) for label, run, _ in GRADIENT_POINTS}}
+    cached = _cached(out / "gradients.json", settings)
+    if cached is not None:
+        return cached
+    points = {}
+    for label, run, init in GRADIENT_POINTS:
+        logger.info("task gradients: %s", label)
+        model, tokenizer = load_model(out / run, init, args.seed)
+        points[label] = {"run": run, "init": init, "weights": weights[run], "steps": 0 if init else
+                         trainings[run]["run"]["steps"], "summary": measure(
+                             model, tokenizer, args.images, args.speech, batches, batch_size, speech_batch_size,
+                             args.seed, weights[run], progress=False)}
+    result = {"batches": batches, "batch_size": batch_size, "speech_batch_size": speech_batch_size,
+              "command": f"python -m bench.task_gradients --model {out}/RUN --images {args.images} --speech "
+                         f"{args.speech} --batches {batches} --batch-size {batch_size} --speech-batch-size "
+                         f"{speech_batch_size} --weights CAPTION CONTRASTIVE CTC [--init]", "points": points}
+    _store(out / "gradients.json", settings, result)
+    return result
+
+
 def run_benchmark(args: argparse.Namespace, command: str) -> dict[str, Any]:
     """All stages (resumable) -> the results dict bench.report reads."""
     start = time.perf_counter()
@@ -78,6 +111,7 @@ def run_benchmark(args: argparse.Namespace, command: str) -> dict[str, Any]:
     budget = Budget(args.images, args.speech, args.steps, args.seed, args.threads, tuple(args.train_flags))
     trainings = run_all_trainings(out, budget, args.real_speech, args.limit, args.gallery_size)
 
+    gradients = task_gradient_stage(out, args, trainings)
     caption_run = trainings[FUSION_RUNS["attention"]]["run"]
     minutes = args.lstm_minutes if args.lstm_minutes is not None else caption_run["train_seconds"] / 60
     lstm_dir = out / "lstm"
@@ -123,7 +157,8 @@ def run_benchmark(args: argparse.Namespace, command: str) -> dict[str, Any]:
                               f"--threads {args.threads}" + (f" --limit {args.limit}" if args.limit else ""),
             "caption_command": f"{caption_run['command']}; then python -m bench.caption_peers train --images "
                                f"{args.images} --out {lstm_dir} --minutes {minutes:.2f} --seed {args.seed}"}
-    return {"meta": meta, "speech": speech, "trainings": trainings, "lstm": lstm, "captions": captions,
+    return {"meta": meta, "speech": speech, "trainings": trainings, "gradients": gradients, "lstm": lstm,
+            "captions": captions,
             "caption_training": caption_training,
             "caption_names": {"lstm": LSTM_NAME, "mmbm": FUSION_NAMES["attention"], "fusions": FUSION_NAMES},
             "validation_curves": {run: _validation_curve(out / run) for run in FUSION_RUNS.values()}}
@@ -146,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--gallery-size", type=int, default=None, help="retrieval gallery (default 1000, quick 8)")
     add("--repeats", type=int, default=None, help="timing repeats (default 20, quick 3)")
     add("--seed", type=int, default=0)
+    add("--gradient-batches", type=int, nargs=3, default=None, metavar=("N", "PAIRS", "CLIPS"),
+        help="bench.task_gradients: N batches of PAIRS image-caption pairs and CLIPS clips (default 8 32 16)")
     add("--threads", type=int, default=1, help="torch threads everywhere (1 is fastest on a shared 2-core CPU)")
     add("--train-flags", default="", help="more mmbm.train flags for every run, e.g. '--batch-size 16'")
     add("--report", type=Path, default=None, help="markdown page (default docs/benchmarks.md, quick: OUT/)")
@@ -156,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
 def resolve(args: argparse.Namespace) -> argparse.Namespace:
     """Fill the defaults of the chosen mode; refuse impossible values with ConfigError."""
     defaults = QUICK if args.quick else FULL
-    for name in ("steps", "limit", "gallery_size", "repeats", "out", "lstm_max_steps"):
+    for name in ("steps", "limit", "gallery_size", "repeats", "out", "lstm_max_steps", "gradient_batches"):
         if getattr(args, name) is None:
             setattr(args, name, defaults.get(name))
     args.train_flags = shlex.split(args.train_flags)

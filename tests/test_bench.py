@@ -175,7 +175,14 @@ def test_quick_benchmark_writes_every_table_and_resumes(images: Path, tmp_path: 
         assert (out / "assets" / f"bench-{name}.png").stat().st_size > 1000
     results = json.loads((out / "results.json").read_text())
     assert set(results["trainings"]) == {"shared", "caption-attention", "retrieval-only", "speech-only",
-                                         "caption-concat", "caption-multiply"}
+                                         "caption-concat", "caption-multiply", "shared-caption-x3"}
+    assert results["trainings"]["shared-caption-x3"]["run"]["weights"] == [3.0, 1.0, 1.0]
+    points = results["gradients"]["points"]
+    assert [p["init"] for p in points.values()] == [True, False, False]
+    for point in points.values():
+        shares = point["summary"]["backbone"]["adam_share"]
+        assert set(shares) == {"caption", "retrieval", "speech"} and sum(shares.values()) == pytest.approx(1.0)
+    assert "### Why: each task's gradient on the shared weights" in report
     assert results["trainings"]["speech-only"]["run"]["tasks"] == ["speech"]
     speech_only_log = (out / "speech-only" / "train_log.jsonl").read_text()
     assert '"caption_loss": NaN' in speech_only_log  # the caption task really did not run
@@ -220,3 +227,51 @@ def test_speech_stem_ablation_trains_every_variant_and_refuses_bad_input(tmp_pat
     assert speech_stem(["--speech", str(tmp_path / "missing"), "--out", str(out)]) == 2
     with pytest.raises(SystemExit):
         speech_stem(["--speech", str(folder), "--variants", "16x"])
+
+
+# ----- task gradients -----------------------------------------------------------------------
+
+
+def test_task_gradients_split_the_summed_gradient_by_task_and_shares_sum_to_one(tmp_path: Path) -> None:
+    from bench.task_gradients import TASKS, main, summarize, task_gradients
+    from mmbm.config import ImageConfig, ModelConfig
+    from mmbm.data.datasets import ImageTextItem, SpeechItem, collate_image_text, collate_speech
+    from mmbm.model import MMBM
+    from mmbm.training.distributed import Distributed
+    from mmbm.training.objective import MultiTaskModule
+
+    config = ModelConfig.tiny(d_model=32, n_layers=2, n_heads=2, d_ff=64, vocab_size=40, d_embed=16,
+                              max_audio_tokens=64, image=ImageConfig(image_size=32))
+    torch.manual_seed(0)
+    model = MMBM(config).train()
+    g = torch.Generator().manual_seed(0)
+    batches = []
+    for _ in range(2):
+        items = [ImageTextItem(torch.randn(3, 32, 32, generator=g), ids, i, ids)
+                 for i, ids in enumerate([torch.tensor([1, 7, 9, 2]), torch.tensor([1, 11, 2]),
+                                          torch.tensor([1, 8, 8, 12, 2])])]
+        clips = [SpeechItem(torch.randn(config.audio.n_mels, 90 + 10 * i, generator=g), torch.tensor([5 + i, 6]), i)
+                 for i in range(3)]
+        batches.append((collate_image_text(items, 0), collate_speech(clips, 0)))
+
+    per_batch = [task_gradients(model, image_text, speech) for image_text, speech in batches]
+    # the tasks' gradients add up to the gradient of the summed loss the trainer backpropagates
+    model.zero_grad()
+    losses = MultiTaskModule(model, 0.1, Distributed(0, 1, 0, torch.device("cpu")))(TASKS, *batches[0])
+    sum(losses.values()).backward()
+    total = torch.cat([p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel())
+                       for module in model.children() for p in module.parameters()])
+    torch.testing.assert_close(torch.cat([sum(per_batch[0][t][part] for t in TASKS) for part in per_batch[0]["caption"]]),
+                               total, rtol=1e-4, atol=1e-6)
+    assert float(per_batch[0]["speech"]["image_stem"].abs().max()) == 0.0  # speech does not read the image stem
+    assert float(per_batch[0]["caption"]["audio_stem"].abs().max()) == 0.0
+
+    summary = summarize(per_batch)
+    assert summary["backbone"]["tasks"] == list(TASKS)
+    assert set(summary["backbone"]["cosine"]) == {"caption~retrieval", "caption~speech", "retrieval~speech"}
+    assert all(-1.0 <= c <= 1.0 for c in summary["backbone"]["cosine"].values())
+    assert sum(summary["backbone"]["adam_share"].values()) == pytest.approx(1.0)
+    assert sum(summary["image_stem"]["adam_share"].values()) == pytest.approx(1.0)
+    assert "cosine" not in summary["audio_stem"] and summary["audio_stem"]["norm"]["speech"] > 0
+    assert main(["--model", str(tmp_path / "missing")]) == 2  # a clear error, not a traceback
+    assert main(["--model", str(tmp_path), "--batches", "0"]) == 2
