@@ -38,8 +38,8 @@ from bench.caption_peers import compare_captioners, lstm_captioner, mmbm_caption
 from bench.report import write_report
 from bench.speech_peers import run_speech_peers
 from bench.task_gradients import TASKS, load_model, measure
+from mmbm.device import hardware_description
 from mmbm.errors import ConfigError, MMBMError
-from mmbm.evaluate import hardware_description
 from mmbm.files import write_text_atomic
 from mmbm.pipeline import model_identity
 

@@ -16,7 +16,7 @@ its strongest fair form. Clips are taken one at a time and every system
 transcribes each clip in turn, in one process, so a busy machine slows all of
 them alike; RTF is wall time from the audio source (file or array) to text over
 audio seconds, median over the clips. Owns the grammar and the comparison; the
-scoring is mmbm.metrics through mmbm.evaluate.
+scoring is mmbm.metrics through mmbm.measure, as in mmbm.evaluate.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ from mmbm.data.captions import (
 from mmbm.data.scene import COLOURS, SHAPES
 from mmbm.data.speech import DIGIT_WORDS, NUMBER_WORDS
 from mmbm.errors import AudioError, DataError
-from mmbm.evaluate import speech_metrics
+from mmbm.measure import speech_metrics
 from mmbm.pipeline import Pipeline
 from mmbm.tokenizer import normalize_text
 

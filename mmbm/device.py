@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import platform
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -74,3 +77,19 @@ def maybe_compile(model: nn.Module, enabled: bool) -> nn.Module:
         return model
     logger.info("compiling the model with torch.compile (first steps will be slow)")
     return torch.compile(model)
+
+
+def hardware_description(device: torch.device) -> str:
+    """CPU model, core count and torch threads (plus the GPU when one is used), e.g. for the report."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    text = f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} threads"
+    if device.type == "cuda":
+        text += f", GPU {torch.cuda.get_device_name(device)}"
+    return f"{text}, device {device}"

@@ -24,16 +24,8 @@ from mmbm.data.corpus import ImageRecord, load_image_manifest
 from mmbm.data.scene import Background, Scene, SceneObject
 from mmbm.decoding import Caption, CaptionResult, DecodingOptions
 from mmbm.errors import ConfigError, DataError
-from mmbm.evaluate import (
-    EvaluateConfig,
-    caption_truth,
-    evaluate_captions,
-    evaluate_speech,
-    format_report,
-    main,
-    retrieval_metrics,
-    speech_metrics,
-)
+from mmbm.evaluate import EvaluateConfig, format_report, main
+from mmbm.measure import caption_truth, evaluate_captions, evaluate_speech, retrieval_metrics, speech_metrics
 from mmbm.metrics import caption_scores
 from mmbm.pipeline import Pipeline
 
