@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_pipeline import NUMBER_WORDS, SAMPLE_RATE, make_checkpoint, make_image_corpus, tone
 
 from mmbm.audio import rms_db, save_audio
 from mmbm.ctc import CTCDecodingOptions
@@ -28,6 +27,7 @@ from mmbm.evaluate import EvaluateConfig, format_report, main
 from mmbm.measure import caption_truth, evaluate_captions, evaluate_speech, retrieval_metrics, speech_metrics
 from mmbm.metrics import caption_scores
 from mmbm.pipeline import Pipeline
+from tests.random_model import NUMBER_WORDS, SAMPLE_RATE, make_checkpoint, make_image_corpus, tone
 
 torch.set_num_threads(1)
 

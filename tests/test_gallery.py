@@ -3,12 +3,12 @@
 from pathlib import Path
 
 import pytest
-from test_pipeline import make_checkpoint, make_image_corpus
 
 from mmbm.data.corpus import load_image_manifest
 from mmbm.errors import DataError
 from mmbm.gallery import build_gallery
 from mmbm.pipeline import Pipeline
+from tests.random_model import make_checkpoint, make_image_corpus
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ tests check behaviour (types, refusals, identity, batching), not quality.
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,41 +16,15 @@ import torch
 from PIL import Image
 
 from mmbm.audio import save_audio
-from mmbm.config import AudioConfig, ImageConfig, ModelConfig
 from mmbm.ctc import Transcript
-from mmbm.data.corpus import ImageRecord, generate_image_corpus, load_image_manifest
-from mmbm.data.shapes import ShapesConfig
+from mmbm.data.corpus import ImageRecord, load_image_manifest
 from mmbm.decoding import CaptionResult, DecodingOptions
 from mmbm.errors import AudioError, CheckpointError, ImageError, SearchIndexError, TextError
-from mmbm.model import MMBM, config_for_tokenizer
 from mmbm.pipeline import Pipeline, TranscribeResult, model_identity
-from mmbm.tokenizer import number_to_words, train_tokenizer
+from mmbm.tokenizer import train_tokenizer
+from tests.random_model import SAMPLE_RATE, make_checkpoint, make_image_corpus, tone
 
 torch.set_num_threads(1)
-
-SAMPLE_RATE = 16_000
-NUMBER_WORDS = [number_to_words(n) for n in range(21)]
-SMALL = dict(d_model=32, n_layers=1, n_heads=2, d_ff=64, d_embed=16, max_text_len=40, max_audio_tokens=400)
-
-
-def tone(seconds: float, frequency: float = 220.0, rate: int = SAMPLE_RATE, amplitude: float = 0.3) -> np.ndarray:
-    t = np.arange(int(seconds * rate)) / rate
-    return (amplitude * np.sin(2 * np.pi * frequency * t)).astype(np.float32)
-
-
-def make_image_corpus(directory: Path, n_test: int = 6, n_compositional: int = 3) -> Path:
-    config = ShapesConfig(n_train=4, n_val=1, n_test=n_test, n_compositional=n_compositional, seed=3)
-    generate_image_corpus(directory, config, progress=False)
-    return directory
-
-
-def make_checkpoint(directory: Path, captions: Sequence[str], seed: int = 0) -> Path:
-    """A random-init tiny model and a tokenizer trained on ``captions`` and the number words."""
-    tokenizer = train_tokenizer([*captions, *NUMBER_WORDS], vocab_size=120)
-    config = ModelConfig.tiny(**SMALL, image=ImageConfig(image_size=32), audio=AudioConfig(n_mels=32))
-    torch.manual_seed(seed)
-    MMBM(config_for_tokenizer(config, tokenizer)).eval().save_pretrained(directory, tokenizer)
-    return directory
 
 
 @pytest.fixture(scope="module")
