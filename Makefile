@@ -54,7 +54,7 @@ data: dev-deps system-deps-tts
 # The shipped models/mmbm-tiny: the exact command its model card quotes.
 TRAIN_FLAGS := --preset tiny --images data/shapes --speech data/speech --out models/mmbm-tiny \
 	--checkpoint-dir runs/mmbm-tiny/checkpoints --max-steps 2400 --max-minutes 45 --seed 0 --speech-batch-size 32 \
-	--mixing sum --eval-every 200 --checkpoint-every 100 --precision fp32
+	--mixing sum --eval-every 200 --checkpoint-every 100 --precision fp32 --caption-weight 3
 train: data
 	$(PY) -m mmbm.train $(TRAIN_FLAGS)
 
