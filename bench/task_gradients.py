@@ -44,8 +44,6 @@ from mmbm.training.data import load_corpora
 from mmbm.training.distributed import Distributed
 from mmbm.training.objective import MultiTaskModule
 
-logger = logging.getLogger("bench.task_gradients")
-
 TASKS = ("caption", "retrieval", "speech")
 
 
