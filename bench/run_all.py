@@ -10,8 +10,9 @@ bench.ablation (shared, one per task, the fusion ablation, the shared model
 with captioning weighted 3x) and their evaluations, then bench.task_gradients
 on the shared models (how large each task's gradient is on the shared weights,
 and its share of Adam's step there); (2) the seed's LSTM captioner, trained for
-the wall-clock minutes the caption-only MMBM took (or ``--lstm-minutes``); (3) every captioner on the
-same test and compositional images (bench.caption_peers); (4) MMBM beside
+the wall-clock minutes the caption-only MMBM took (or ``--lstm-minutes``);
+(3) every captioner on the same test and compositional images
+(bench.caption_peers); (4) MMBM beside
 pocketsphinx on the same clips (bench.speech_peers; ``--model`` is the MMBM
 judged there, by default the shared model trained here). Then the report and
 its plots are written from scratch (bench.report). Stop it at any point and
