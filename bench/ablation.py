@@ -68,7 +68,7 @@ RUNS: tuple[TrainingRun, ...] = (
     TrainingRun("caption-concat", (1.0, 0.0, 0.0), "concat", "caption_accuracy"),
     TrainingRun("caption-multiply", (1.0, 0.0, 0.0), "multiply", "caption_accuracy"),
     # the shared model with the caption loss weighted 3x: bench.task_gradients finds captioning's gradient on the
-    # shared weights about a third of retrieval's, so Adam moves them mostly for the other tasks
+    # shared weights about a quarter of retrieval's, so Adam moves them mostly for the other tasks
     TrainingRun("shared-caption-x3", (3.0, 1.0, 1.0), "attention", "combined"),
 )
 SINGLE_TASK_RUNS = {"caption": "caption-attention", "retrieval": "retrieval-only", "speech": "speech-only"}

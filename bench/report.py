@@ -21,6 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from bench.ablation import FUSION_RUNS, REWEIGHTED_RUN, SINGLE_TASK_RUNS  # noqa: E402
 from bench.speech_peers import MMBM_GREEDY, MMBM_LEXICON, PS_GENERAL, PS_GRAMMAR  # noqa: E402
 from mmbm.files import write_text_atomic  # noqa: E402
+from mmbm.training.config import TASKS  # noqa: E402
 
 TOLERANCE = 0.05  # "within 5% of the best single-task model"
 TABLES = ("Headline", "Speech", "Captioning", "Fusion ablation", "Shared versus separate")
@@ -281,7 +282,7 @@ def gradient_section(results: dict[str, Any]) -> list[str]:
             e = point["summary"].get(part)
             if e is None:
                 continue
-            rows.append([label, part, " / ".join(_n(e["norm"].get(t), 3) for t in ("caption", "retrieval", "speech")),
+            rows.append([label, part, " / ".join(_n(e["norm"].get(t), 3) for t in TASKS),
                          ", ".join(f"{k} {v:+.2f}" for k, v in e.get("cosine", {}).items()),
                          ", ".join(f"{k} {v:.2f}" for k, v in e.get("adam_share", {}).items())])
     lines += _table(["model", "part", "grad norm caption / retrieval / speech", "cosine", "Adam share"], rows)

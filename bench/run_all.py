@@ -38,11 +38,12 @@ from bench.ablation import FUSION_RUNS, REWEIGHTED_RUN, RUNS, Budget, run_all_tr
 from bench.caption_peers import compare_captioners, lstm_captioner, mmbm_captioner, train_lstm, trained_lstm
 from bench.report import write_report
 from bench.speech_peers import run_speech_peers
-from bench.task_gradients import TASKS, load_model, measure
+from bench.task_gradients import load_model, measure
 from mmbm.device import hardware_description
 from mmbm.errors import ConfigError, MMBMError
 from mmbm.files import write_text_atomic
 from mmbm.pipeline import model_identity
+from mmbm.training.config import TASKS
 
 logger = logging.getLogger("bench.run_all")
 

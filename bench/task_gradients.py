@@ -40,11 +40,10 @@ from mmbm.errors import ConfigError, MMBMError
 from mmbm.files import write_text_atomic
 from mmbm.model import MMBM, PART_TASKS
 from mmbm.tokenizer import Tokenizer
+from mmbm.training.config import TASKS
 from mmbm.training.data import load_corpora
 from mmbm.training.distributed import Distributed
 from mmbm.training.objective import MultiTaskModule
-
-TASKS = ("caption", "retrieval", "speech")
 
 
 def _part_parameters(model: MMBM) -> dict[str, list[torch.nn.Parameter]]:

@@ -159,7 +159,7 @@ class MMBM(nn.Module):
     @property
     def audio_frame_seconds(self) -> float:
         """Seconds between consecutive audio tokens: hop x subsampling (0.08 s by default)."""
-        return self.config.audio.hop_length / self.config.audio.sample_rate * self.config.audio_subsampling
+        return self.audio_stem.seconds_per_token
 
     def caption_head(self, hidden: Tensor) -> Tensor:
         """(B, L, D) -> (B, L, V) logits; the text embedding matrix serves as the output layer."""

@@ -35,13 +35,6 @@ from mmbm.layers import sinusoidal_positions
 AUDIO_STRIDE = 2  # each audio convolution halves the frame rate
 
 
-def subsampled_lengths(lengths: Tensor, factor: int) -> Tensor:
-    """Frame counts after the audio stem: ceil(T / 2) once per stride-2 convolution."""
-    for _ in range(factor.bit_length() - 1):
-        lengths = (lengths + 1) // AUDIO_STRIDE
-    return lengths
-
-
 class ImageStem(nn.Module):
     """(B, 3, S, S) normalised pixels -> (B, N, D) patch tokens."""
 
