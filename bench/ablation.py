@@ -35,7 +35,7 @@ from typing import Any
 from mmbm.errors import ConfigError, MMBMError
 from mmbm.evaluate import EvaluateConfig, run_evaluation, write_metrics
 from mmbm.files import write_text_atomic
-from mmbm.model import MMBM, PART_TASKS, parameter_counts
+from mmbm.model.model import MMBM, PART_TASKS, parameter_counts
 from mmbm.training import state as checkpoints
 
 logger = logging.getLogger(__name__)

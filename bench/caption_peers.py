@@ -48,7 +48,7 @@ from mmbm.evaluate import CAPTION_SPLITS
 from mmbm.files import write_text_atomic
 from mmbm.image import image_to_tensor, load_image
 from mmbm.measure import CaptionMetrics, caption_truth, evaluate_captions
-from mmbm.model import PART_TASKS, parameter_counts
+from mmbm.model.model import PART_TASKS, parameter_counts
 from mmbm.pipeline import Pipeline
 
 logger = logging.getLogger(__name__)

@@ -23,12 +23,12 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from mmbm.checkpoint import load_checkpoint, load_tokenizer
 from mmbm.config import ModelConfig
 from mmbm.ctc import CTCDecodingOptions, Lexicon, transcribe_features
 from mmbm.decoding import DecodingOptions, generate_captions
 from mmbm.device import autocast
-from mmbm.model import MMBM, config_for_tokenizer, summary_table
+from mmbm.model.checkpoint import load_checkpoint, load_tokenizer
+from mmbm.model.model import MMBM, config_for_tokenizer, summary_table
 from mmbm.tokenizer import Tokenizer, train_tokenizer
 
 CAPTION_TOKENS = 12  # a typical ShapesWorld caption ("a small red circle above a large blue square" + eos)

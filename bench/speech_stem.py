@@ -33,9 +33,9 @@ from mmbm.data.augment import AudioAugmentConfig
 from mmbm.data.datasets import SpeechDataset, collate_speech
 from mmbm.errors import DataError
 from mmbm.files import write_text_atomic
-from mmbm.losses import ctc_loss
 from mmbm.metrics import error_rates
-from mmbm.model import MMBM, config_for_tokenizer
+from mmbm.model.losses import ctc_loss
+from mmbm.model.model import MMBM, config_for_tokenizer
 from mmbm.tokenizer import Tokenizer, train_tokenizer
 from mmbm.training.data import speech_split
 

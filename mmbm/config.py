@@ -128,7 +128,7 @@ class ModelConfig:
     bos_id: int = 1
     eos_id: int = 2
     blank_id: int = 4
-    # Optional local folders of transformers encoders that replace a stem (mmbm.pretrained).
+    # Optional local folders of transformers encoders that replace a stem (mmbm.model.pretrained).
     image_encoder: str | None = None
     text_encoder: str | None = None
     image: ImageConfig = field(default_factory=ImageConfig)

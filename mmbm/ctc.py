@@ -31,7 +31,7 @@ from mmbm.errors import ConfigError
 from mmbm.tokenizer import normalize_text
 
 if TYPE_CHECKING:
-    from mmbm.model import MMBM
+    from mmbm.model.model import MMBM
     from mmbm.tokenizer import Tokenizer
 
 NEG_INF = float("-inf")

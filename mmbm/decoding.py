@@ -26,7 +26,7 @@ from torch import Tensor
 from mmbm.errors import ConfigError
 
 if TYPE_CHECKING:
-    from mmbm.model import MMBM
+    from mmbm.model.model import MMBM
     from mmbm.tokenizer import Tokenizer
 
 Method = Literal["greedy", "beam", "sample"]

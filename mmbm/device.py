@@ -9,7 +9,7 @@ same way:
   make matmuls ~5x faster (../shared/STACK.md), but accuracy must be measured per
   use; off on MPS.
 - ``maybe_compile``: ``torch.compile`` when asked; checkpoints always save the
-  uncompiled module (mmbm.checkpoint unwraps ``_orig_mod``).
+  uncompiled module (mmbm.model.checkpoint unwraps ``_orig_mod``).
 Imports ``errors`` only.
 """
 

@@ -28,7 +28,6 @@ import torch
 from PIL import Image
 
 from mmbm.audio import AudioSource, LogMel, check_not_silent, load_audio
-from mmbm.checkpoint import CONFIG_NAME, TOKENIZER_NAME, WEIGHTS_NAME, load_checkpoint, load_tokenizer
 from mmbm.ctc import CTCDecodingOptions, Lexicon, Transcript, transcribe_features
 from mmbm.decoding import CaptionResult, DecodingOptions, generate_captions
 from mmbm.device import DeviceName, autocast, select_device
@@ -36,7 +35,8 @@ from mmbm.errors import AudioError, CheckpointError, ImageError, SearchIndexErro
 from mmbm.image import ImageSource, images_to_batch, load_image
 from mmbm.index import AddReport, ImageIndex, IndexConfig, IndexStats, SearchHit
 from mmbm.index_store import DB_NAME
-from mmbm.model import MMBM
+from mmbm.model.checkpoint import CONFIG_NAME, TOKENIZER_NAME, WEIGHTS_NAME, load_checkpoint, load_tokenizer
+from mmbm.model.model import MMBM
 from mmbm.tokenizer import Tokenizer, normalize_text
 
 logger = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from mmbm.data.captions import VOCABULARY
 from mmbm.data.corpus import make_item
 from mmbm.data.scene import Scene
 from mmbm.data.shapes import ShapesConfig, render_scene
-from mmbm.model import MMBM, config_for_tokenizer
+from mmbm.model.model import MMBM, config_for_tokenizer
 from mmbm.pipeline import Pipeline
 from mmbm.tokenizer import number_to_words, train_tokenizer
 

@@ -236,7 +236,7 @@ def test_task_gradients_split_the_summed_gradient_by_task_and_shares_sum_to_one(
     from bench.task_gradients import TASKS, main, summarize, task_gradients
     from mmbm.config import ImageConfig, ModelConfig
     from mmbm.data.datasets import ImageTextItem, SpeechItem, collate_image_text, collate_speech
-    from mmbm.model import MMBM
+    from mmbm.model.model import MMBM
     from mmbm.training.distributed import Distributed
     from mmbm.training.objective import MultiTaskModule
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from mmbm.checkpoint import load_checkpoint, load_config, load_tokenizer, save_checkpoint
 from mmbm.config import ImageConfig, ModelConfig
 from mmbm.errors import CheckpointError, ConfigError
-from mmbm.model import MMBM, config_for_tokenizer
+from mmbm.model.checkpoint import load_checkpoint, load_config, load_tokenizer, save_checkpoint
+from mmbm.model.model import MMBM, config_for_tokenizer
 from mmbm.tokenizer import Tokenizer, train_tokenizer
 
 torch.set_num_threads(1)

@@ -19,7 +19,7 @@ from mmbm.ctc import (
 )
 from mmbm.decoding import DecodingOptions, generate_captions
 from mmbm.errors import ConfigError
-from mmbm.model import MMBM, config_for_tokenizer
+from mmbm.model.model import MMBM, config_for_tokenizer
 from mmbm.tokenizer import Tokenizer, train_tokenizer
 
 torch.set_num_threads(1)

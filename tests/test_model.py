@@ -10,8 +10,8 @@ import torch
 from mmbm.config import FUSIONS, ImageConfig, ModelConfig
 from mmbm.device import autocast, select_device
 from mmbm.errors import AudioError, ConfigError, ImageError, TextError
-from mmbm.losses import caption_loss, contrastive_loss, ctc_loss, token_accuracy
-from mmbm.model import MMBM, parameter_counts, shared_fraction
+from mmbm.model.losses import caption_loss, contrastive_loss, ctc_loss, token_accuracy
+from mmbm.model.model import MMBM, parameter_counts, shared_fraction
 
 torch.set_num_threads(1)
 

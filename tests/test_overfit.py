@@ -21,9 +21,9 @@ from mmbm.ctc import transcribe_features
 from mmbm.data.captions import canonical_caption
 from mmbm.data.shapes import ShapesConfig, render_scene, sample_scene
 from mmbm.image import image_to_tensor
-from mmbm.losses import caption_loss, contrastive_loss, ctc_loss, token_accuracy
 from mmbm.metrics import error_rates
-from mmbm.model import MMBM, config_for_tokenizer
+from mmbm.model.losses import caption_loss, contrastive_loss, ctc_loss, token_accuracy
+from mmbm.model.model import MMBM, config_for_tokenizer
 from mmbm.tokenizer import Tokenizer, normalize_text, number_to_words, train_tokenizer
 
 torch.set_num_threads(1)

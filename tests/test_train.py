@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from mmbm.config import ModelConfig
 from mmbm.errors import CheckpointError, ConfigError, DataError
-from mmbm.model import MMBM
+from mmbm.model.model import MMBM
 from mmbm.tokenizer import Tokenizer
 from mmbm.training import state as checkpoints
 from mmbm.training.config import TrainConfig, add_train_arguments, config_from_args

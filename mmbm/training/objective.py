@@ -18,8 +18,8 @@ from typing import Any
 from torch import Tensor, nn
 
 from mmbm.data.datasets import ImageTextBatch, SpeechBatch
-from mmbm.losses import caption_loss, contrastive_loss, ctc_loss
-from mmbm.model import MMBM
+from mmbm.model.losses import caption_loss, contrastive_loss, ctc_loss
+from mmbm.model.model import MMBM
 from mmbm.training.distributed import Distributed, gather_with_grad
 
 NO_DECAY_NAMES = ("position", "modality", "logit_scale")  # learned vectors and tables that are not weights

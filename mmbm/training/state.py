@@ -9,7 +9,7 @@ TrainingState and the run's config, saved with ``torch.save`` and read back with
 ``torch.load(weights_only=True)``, which accepts tensors and plain containers
 only. The folder is written under a temporary name and renamed when complete,
 so a crash mid-save leaves the previous checkpoint as the newest loadable one.
-Imports ``mmbm.model`` and ``mmbm.errors``; never the trainer.
+Imports ``mmbm.model.model`` and ``mmbm.errors``; never the trainer.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from mmbm.errors import CheckpointError
-from mmbm.model import MMBM
+from mmbm.model.model import MMBM
 from mmbm.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from mmbm.device import autocast
 from mmbm.errors import CheckpointError, ConfigError
-from mmbm.model import MMBM, config_for_tokenizer
+from mmbm.model.model import MMBM, config_for_tokenizer
 from mmbm.tokenizer import Tokenizer
 from mmbm.training import state as checkpoints
 from mmbm.training.config import TrainConfig

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from mmbm.ctc import ctc_greedy
 from mmbm.data.datasets import CaptionDataset, SpeechDataset
 from mmbm.metrics import error_rates, recall_at_k
-from mmbm.model import MMBM
+from mmbm.model.model import MMBM
 from mmbm.tokenizer import Tokenizer
 from mmbm.training.config import StopMetric
 from mmbm.training.data import batched

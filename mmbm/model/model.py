@@ -1,8 +1,8 @@
 """MMBM: one shared Transformer backbone with caption, retrieval and speech (CTC) heads.
 
-Reading order: stems (mmbm.stems) turn pixels, log-mel frames and token ids into
-D-wide tokens; the one ``Backbone`` (mmbm.backbone) runs every task with a task
-mask; small heads (mmbm.heads) read its output:
+Reading order: stems (mmbm.model.stems) turn pixels, log-mel frames and token ids into
+D-wide tokens; the one ``Backbone`` (mmbm.model.backbone) runs every task with a task
+mask; small heads (mmbm.model.heads) read its output:
 
     pixels (B,3,S,S) ─ ImageStem ─► (B,N,D) ─┐
     ids    (B,L)     ─ TextStem  ─► (B,L,D) ─┼─► Backbone ─► caption logits (tied to TextStem)
@@ -14,7 +14,7 @@ The captioner's ``fusion`` decides how text meets the image: "attention" runs
 image patch); "concat" and "multiply" mix a pooled image vector into each text
 embedding, then run text alone under a causal mask. All three use the same
 backbone. Decoding (mmbm.decoding, mmbm.ctc) drives ``start_caption`` and
-``caption_step``; checkpoints go through mmbm.checkpoint. Imports no training,
+``caption_step``; checkpoints go through mmbm.model.checkpoint. Imports no training,
 serving or UI code; transformers is imported only when a pretrained stem is asked for.
 """
 
@@ -30,12 +30,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmbm.backbone import Backbone, causal_mask, lengths_to_valid, padding_mask, prefix_lm_mask
 from mmbm.config import ModelConfig
 from mmbm.errors import ConfigError, TextError
-from mmbm.heads import CTCHead, RetrievalHead, build_fusion, mean_pool
-from mmbm.layers import KVCache
-from mmbm.stems import AudioStem, ImageStem, TextStem
+from mmbm.model.backbone import Backbone, causal_mask, lengths_to_valid, padding_mask, prefix_lm_mask
+from mmbm.model.heads import CTCHead, RetrievalHead, build_fusion, mean_pool
+from mmbm.model.layers import KVCache
+from mmbm.model.stems import AudioStem, ImageStem, TextStem
 
 if TYPE_CHECKING:
     from mmbm.tokenizer import Tokenizer
@@ -142,7 +142,7 @@ class MMBM(nn.Module):
                 nn.init.normal_(module.position, std=0.02)
 
     def _use_pretrained_stems(self, config: ModelConfig) -> None:
-        from mmbm.pretrained import PretrainedImageStem, PretrainedTextStem  # transformers is heavy: import late
+        from mmbm.model.pretrained import PretrainedImageStem, PretrainedTextStem  # transformers is heavy: import late
 
         if config.image_encoder is not None:
             self.image_stem = PretrainedImageStem(config.image_encoder, config)
@@ -268,14 +268,14 @@ class MMBM(nn.Module):
 
     def save_pretrained(self, directory: str | Path, tokenizer: Tokenizer | None = None) -> Path:
         """Write config.json + model.safetensors (+ tokenizer.json) into ``directory``."""
-        from mmbm.checkpoint import save_checkpoint
+        from mmbm.model.checkpoint import save_checkpoint
 
         return save_checkpoint(self, directory, tokenizer)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device | None = None) -> MMBM:
         """Load a checkpoint written by ``save_pretrained``, offline; never unpickles."""
-        from mmbm.checkpoint import load_checkpoint
+        from mmbm.model.checkpoint import load_checkpoint
 
         return load_checkpoint(directory, device)
 

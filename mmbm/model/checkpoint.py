@@ -29,7 +29,7 @@ from torch import nn
 
 from mmbm.config import ModelConfig
 from mmbm.errors import CheckpointError, MMBMError
-from mmbm.model import MMBM
+from mmbm.model.model import MMBM
 from mmbm.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from mmbm.config import ModelConfig
-from mmbm.layers import Block, KVCache
+from mmbm.model.layers import Block, KVCache
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@
 - ``ConcatFusion`` / ``MultiplyFusion``: the two non-attention ways the seed names to
   combine a pooled image vector with each caption token embedding before the
   causal text pass. (The "attention" fusion needs no parameters: it is the
-  prefix-LM mask in ``mmbm.backbone``.)
+  prefix-LM mask in ``mmbm.model.backbone``.)
 The caption output layer is not here: it is the text embedding matrix itself
 (tied), applied in ``MMBM.caption_head``. Imports ``config`` only.
 """

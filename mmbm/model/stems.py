@@ -27,10 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmbm.backbone import lengths_to_valid
 from mmbm.config import ModelConfig
 from mmbm.errors import AudioError, ImageError, TextError
-from mmbm.layers import sinusoidal_positions
+from mmbm.model.backbone import lengths_to_valid
+from mmbm.model.layers import sinusoidal_positions
 
 AUDIO_STRIDE = 2  # each audio convolution halves the frame rate
 

@@ -15,7 +15,7 @@
 Folders are read offline (``local_files_only``); a folder holding only
 config.json builds the architecture with random weights, which is how a saved
 MMBM checkpoint rebuilds the stem before its own weights are loaded. transformers
-is imported inside functions so that importing mmbm.model stays fast. Imports
+is imported inside functions so that importing mmbm.model.model stays fast. Imports
 ``config`` and ``errors`` from the package.
 """
 

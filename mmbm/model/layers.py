@@ -5,7 +5,7 @@ the seed's softmax(QKᵀ/√d_k)V, arXiv:1706.03762), the per-layer key/value ca
 used for incremental decoding, and the fixed sinusoidal position table. Masks are
 boolean, broadcastable to (B, n_heads, T_query, T_key), True where a query may
 attend to a key (the convention of ``scaled_dot_product_attention``); they are
-built in ``mmbm.backbone``. Imports nothing from the package but ``config``.
+built in ``mmbm.model.backbone``. Imports nothing from the package but ``config``.
 """
 
 from __future__ import annotations
