@@ -29,10 +29,10 @@ import gradio as gr
 from gradio.utils import get_upload_folder
 
 from mmbm import ui_text
-from mmbm.ctc import CTCDecodingOptions, Lexicon
 from mmbm.data.captions import VOCABULARY
 from mmbm.data.scene import COLOUR_RGB
-from mmbm.decoding import DecodingOptions
+from mmbm.decode.captions import DecodingOptions
+from mmbm.decode.ctc import CTCDecodingOptions, Lexicon
 from mmbm.errors import MMBMError
 from mmbm.index_store import DB_NAME
 from mmbm.pipeline import Pipeline

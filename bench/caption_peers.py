@@ -42,7 +42,7 @@ from mmbm.baselines.lstm_captioner import (
     save_lstm_captioner,
 )
 from mmbm.data.corpus import ImageRecord, load_image_manifest
-from mmbm.decoding import DecodingOptions
+from mmbm.decode.captions import DecodingOptions
 from mmbm.errors import ConfigError
 from mmbm.evaluate import CAPTION_SPLITS
 from mmbm.files import write_text_atomic

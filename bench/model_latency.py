@@ -24,8 +24,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from mmbm.config import ModelConfig
-from mmbm.ctc import CTCDecodingOptions, Lexicon, transcribe_features
-from mmbm.decoding import DecodingOptions, generate_captions
+from mmbm.decode.captions import DecodingOptions, generate_captions
+from mmbm.decode.ctc import CTCDecodingOptions, Lexicon, transcribe_features
 from mmbm.device import autocast
 from mmbm.model.checkpoint import load_checkpoint, load_tokenizer
 from mmbm.model.model import MMBM, config_for_tokenizer, summary_table

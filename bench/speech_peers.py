@@ -38,7 +38,6 @@ from tqdm import tqdm
 
 from mmbm.audio import AudioSource, load_audio
 from mmbm.config import AudioConfig
-from mmbm.ctc import CTCDecodingOptions, Lexicon
 from mmbm.data.adapters import AudioTextRecord, load_audio_manifest
 from mmbm.data.augment import add_noise
 from mmbm.data.captions import (
@@ -54,6 +53,7 @@ from mmbm.data.captions import (
 )
 from mmbm.data.scene import COLOURS, SHAPES
 from mmbm.data.speech import DIGIT_WORDS, NUMBER_WORDS
+from mmbm.decode.ctc import CTCDecodingOptions, Lexicon
 from mmbm.errors import AudioError, DataError
 from mmbm.measure import speech_metrics
 from mmbm.pipeline import Pipeline

@@ -27,10 +27,10 @@ from torch import nn
 from tqdm import tqdm
 
 from mmbm.config import ModelConfig
-from mmbm.ctc import ctc_greedy
 from mmbm.data.adapters import AudioTextRecord
 from mmbm.data.augment import AudioAugmentConfig
 from mmbm.data.datasets import SpeechDataset, collate_speech
+from mmbm.decode.ctc import ctc_greedy
 from mmbm.errors import DataError
 from mmbm.files import write_text_atomic
 from mmbm.metrics import error_rates

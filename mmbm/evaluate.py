@@ -37,10 +37,10 @@ from typing import Any
 
 import torch
 
-from mmbm.ctc import CTCDecodingOptions, Lexicon
 from mmbm.data.adapters import load_audio_manifest
 from mmbm.data.corpus import load_image_manifest
-from mmbm.decoding import DecodingOptions
+from mmbm.decode.captions import DecodingOptions
+from mmbm.decode.ctc import CTCDecodingOptions, Lexicon
 from mmbm.device import hardware_description
 from mmbm.errors import ConfigError, DataError, MMBMError
 from mmbm.files import sha256_file, write_text_atomic

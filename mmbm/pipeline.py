@@ -28,8 +28,8 @@ import torch
 from PIL import Image
 
 from mmbm.audio import AudioSource, LogMel, check_not_silent, load_audio
-from mmbm.ctc import CTCDecodingOptions, Lexicon, Transcript, transcribe_features
-from mmbm.decoding import CaptionResult, DecodingOptions, generate_captions
+from mmbm.decode.captions import CaptionResult, DecodingOptions, generate_captions
+from mmbm.decode.ctc import CTCDecodingOptions, Lexicon, Transcript, transcribe_features
 from mmbm.device import DeviceName, autocast, select_device
 from mmbm.errors import AudioError, CheckpointError, ImageError, SearchIndexError, TextError
 from mmbm.image import ImageSource, images_to_batch, load_image

@@ -23,11 +23,11 @@ import numpy as np
 from PIL import Image
 
 from mmbm.config import ImageConfig
-from mmbm.ctc import Transcript
 from mmbm.data.captions import canonical_caption
 from mmbm.data.corpus import make_item
 from mmbm.data.shapes import ShapesConfig, render_scene
-from mmbm.decoding import CaptionResult
+from mmbm.decode.captions import CaptionResult
+from mmbm.decode.ctc import Transcript
 from mmbm.image import image_to_tensor
 from mmbm.index import AddReport, IndexStats, SearchHit
 

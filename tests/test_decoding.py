@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from mmbm.config import FUSIONS, ImageConfig, ModelConfig
-from mmbm.ctc import (
+from mmbm.decode.captions import DecodingOptions, generate_captions
+from mmbm.decode.ctc import (
     CTCDecodingOptions,
     Lexicon,
     ctc_greedy,
@@ -17,7 +18,6 @@ from mmbm.ctc import (
     transcribe_features,
     transcribe_log_probs,
 )
-from mmbm.decoding import DecodingOptions, generate_captions
 from mmbm.errors import ConfigError
 from mmbm.model.model import MMBM, config_for_tokenizer
 from mmbm.tokenizer import Tokenizer, train_tokenizer

@@ -16,12 +16,12 @@ import pytest
 import torch
 
 from mmbm.audio import rms_db, save_audio
-from mmbm.ctc import CTCDecodingOptions
 from mmbm.data.adapters import load_audio_manifest
 from mmbm.data.captions import canonical_caption, judge
 from mmbm.data.corpus import ImageRecord, load_image_manifest
 from mmbm.data.scene import Background, Scene, SceneObject
-from mmbm.decoding import Caption, CaptionResult, DecodingOptions
+from mmbm.decode.captions import Caption, CaptionResult, DecodingOptions
+from mmbm.decode.ctc import CTCDecodingOptions
 from mmbm.errors import ConfigError, DataError
 from mmbm.evaluate import EvaluateConfig, format_report, main
 from mmbm.measure import caption_truth, evaluate_captions, evaluate_speech, retrieval_metrics, speech_metrics

@@ -16,9 +16,9 @@ import torch
 from PIL import Image
 
 from mmbm.audio import save_audio
-from mmbm.ctc import Transcript
 from mmbm.data.corpus import ImageRecord, load_image_manifest
-from mmbm.decoding import CaptionResult, DecodingOptions
+from mmbm.decode.captions import CaptionResult, DecodingOptions
+from mmbm.decode.ctc import Transcript
 from mmbm.errors import AudioError, CheckpointError, ImageError, SearchIndexError, TextError
 from mmbm.pipeline import Pipeline, TranscribeResult, model_identity
 from mmbm.tokenizer import train_tokenizer

@@ -13,7 +13,7 @@ The captioner's ``fusion`` decides how text meets the image: "attention" runs
 [image | text] through the backbone under a prefix-LM mask (text attends to every
 image patch); "concat" and "multiply" mix a pooled image vector into each text
 embedding, then run text alone under a causal mask. All three use the same
-backbone. Decoding (mmbm.decoding, mmbm.ctc) drives ``start_caption`` and
+backbone. Decoding (mmbm.decode.captions, mmbm.decode.ctc) drives ``start_caption`` and
 ``caption_step``; checkpoints go through mmbm.model.checkpoint. Imports no training,
 serving or UI code; transformers is imported only when a pretrained stem is asked for.
 """

@@ -6,7 +6,7 @@ captions by teacher forcing (cross-entropy without label smoothing, and the
 share of next tokens predicted right), retrieval as Recall@1 in both directions
 over the validation images and one caption each (mmbm.metrics.recall_at_k), and
 speech as the character and word error rates of greedy CTC decoding
-(mmbm.ctc.ctc_greedy; rates from mmbm.metrics).
+(mmbm.decode.ctc.ctc_greedy; rates from mmbm.metrics).
 ``score`` turns the early-stopping metric into "higher is better". The full
 evaluation of a finished model is mmbm.evaluate's job. Imports the model,
 losses, metrics and this package's data helpers.
@@ -22,8 +22,8 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from mmbm.ctc import ctc_greedy
 from mmbm.data.datasets import CaptionDataset, SpeechDataset
+from mmbm.decode.ctc import ctc_greedy
 from mmbm.metrics import error_rates, recall_at_k
 from mmbm.model.model import MMBM
 from mmbm.tokenizer import Tokenizer
