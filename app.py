@@ -34,7 +34,7 @@ from mmbm.data.scene import COLOUR_RGB
 from mmbm.decode.captions import DecodingOptions
 from mmbm.decode.ctc import CTCDecodingOptions, Lexicon
 from mmbm.errors import MMBMError
-from mmbm.index_store import DB_NAME
+from mmbm.index.store import DB_NAME
 from mmbm.pipeline import Pipeline
 from mmbm.tokenizer import number_to_words
 from mmbm.ui_text import Pictures, Rows

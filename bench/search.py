@@ -12,12 +12,12 @@ time, memory of the search structures, latency p50/p95 for one query and for
 batches of 100, and recall@10 against exact search, for
   - faiss-default: IndexFlatIP with FAISS's own settings (all cores, BLAS from 1000 queries);
   - exact-scan: the index's exact search with BLAS switched off (what FAISS does below 1000 queries);
-  - exact / ivf / hnsw: mmbm.index_vectors.VectorSet as the index uses it (ivf and hnsw re-rank exactly);
+  - exact / ivf / hnsw: mmbm.index.vectors.VectorSet as the index uses it (ivf and hnsw re-rank exactly);
   - torch-1t / torch-2t: ``torch.topk(q @ X.T)`` with 1 and 2 threads.
 A parameter sweep (n_probe, ef_search, n_rerank) follows for the approximate kinds.
 
 ``--embedder MODULE:FACTORY`` names a zero-argument callable returning an
-``mmbm.index.Embedder`` (the real text encoder once the model exists); the bench
+``mmbm.index.types.Embedder`` (the real text encoder once the model exists); the bench
 then times text encoding plus search, end to end, at every size. ``--out`` puts
 the tables into the file between the markers ``<!-- bench:start -->`` and
 ``<!-- bench:end -->`` (appended when absent), keeping the prose around them.
@@ -38,8 +38,8 @@ import faiss
 import numpy as np
 import torch
 
-from mmbm.index_types import Embedder
-from mmbm.index_vectors import SearchConfig, VectorSet
+from mmbm.index.types import Embedder
+from mmbm.index.vectors import SearchConfig, VectorSet
 
 K = 10
 BATCH = 100

@@ -3,7 +3,7 @@
 Owns ``Pipeline`` (model, tokenizer, log-mel front end and optional image index,
 built once by ``Pipeline.load`` and passed around), its small results
 (``TranscribeResult``, ``AudioSearchResult``) and ``ModelEmbedder``, the adapter
-that gives ``mmbm.index`` the model's L2-normalised image and text embeddings
+that gives ``mmbm.index.image_index`` the model's L2-normalised image and text embeddings
 under an identity (a sha256 of the checkpoint's config, weights and tokenizer),
 so an index refuses to mix vectors from two models. app.py, the CLI and the
 benchmarks call this module rather than the model. Every entry validates its input
@@ -33,8 +33,8 @@ from mmbm.decode.ctc import CTCDecodingOptions, Lexicon, Transcript, transcribe_
 from mmbm.device import DeviceName, autocast, select_device
 from mmbm.errors import AudioError, CheckpointError, ImageError, SearchIndexError, TextError
 from mmbm.image import ImageSource, images_to_batch, load_image
-from mmbm.index import AddReport, ImageIndex, IndexConfig, IndexStats, SearchHit
-from mmbm.index_store import DB_NAME
+from mmbm.index.image_index import AddReport, ImageIndex, IndexConfig, IndexStats, SearchHit
+from mmbm.index.store import DB_NAME
 from mmbm.model.checkpoint import CONFIG_NAME, TOKENIZER_NAME, WEIGHTS_NAME, load_checkpoint, load_tokenizer
 from mmbm.model.model import MMBM
 from mmbm.tokenizer import Tokenizer, normalize_text
@@ -82,7 +82,7 @@ def model_identity(model_dir: str | os.PathLike[str]) -> str:
 
 
 class ModelEmbedder:
-    """``mmbm.index.Embedder`` over an MMBM: (N, d_embed) float32 L2-normalised rows, batched."""
+    """``mmbm.index.types.Embedder`` over an MMBM: (N, d_embed) float32 L2-normalised rows, batched."""
 
     def __init__(self, model: MMBM, tokenizer: Tokenizer, identity: str, device: torch.device) -> None:
         self.model, self.tokenizer, self.device = model, tokenizer, device

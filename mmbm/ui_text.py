@@ -29,7 +29,7 @@ from mmbm.data.shapes import ShapesConfig, render_scene
 from mmbm.decode.captions import CaptionResult
 from mmbm.decode.ctc import Transcript
 from mmbm.image import image_to_tensor
-from mmbm.index import AddReport, IndexStats, SearchHit
+from mmbm.index.image_index import AddReport, IndexStats, SearchHit
 
 Rows = list[list[Any]]  # a table's rows, as gr.Dataframe takes them
 Pictures = list[tuple[Image.Image, str]]  # (image, label) pairs, as gr.Gallery takes them

@@ -1,4 +1,4 @@
-"""Tests for the image index (mmbm.index, index_store, index_vectors, index_types).
+"""Tests for the image index (mmbm.index: image_index, store, vectors, types).
 
 The model is replaced by ``ColourEmbedder``, a deterministic embedder (colour
 histogram plus a coarse layout) that is real enough for "a resized copy of a
@@ -25,8 +25,8 @@ import pytest
 from PIL import Image, ImageDraw
 
 from mmbm.errors import DataError, ImageError, SearchIndexError, TextError
-from mmbm.index import ImageIndex, IndexConfig, SearchConfig
-from mmbm.index_vectors import VectorSet
+from mmbm.index.image_index import ImageIndex, IndexConfig, SearchConfig
+from mmbm.index.vectors import VectorSet
 
 PALETTE = {
     "red": (220, 30, 30),
@@ -340,7 +340,7 @@ def test_states_a_crash_can_leave_are_repaired_on_open(
     index: ImageIndex, scenes: list[Image.Image], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     directory = index.directory
-    monkeypatch.setattr("mmbm.index.write_cache", lambda *args: None)  # "killed" before the cache write
+    monkeypatch.setattr("mmbm.index.image_index.write_cache", lambda *args: None)  # "killed" before the cache write
     index.add_images([make_scene(700), make_scene(701)], progress=False)
     index.remove([1, 2])
     expected = results(index, ["red", scenes[7], make_scene(700)])
@@ -395,7 +395,7 @@ CHILD = """
 import sys
 sys.path.insert(0, {tests!r})
 from test_index import ColourEmbedder, make_scene
-from mmbm.index import ImageIndex
+from mmbm.index.image_index import ImageIndex
 index = ImageIndex.open({directory!r}, ColourEmbedder())
 print("ready", flush=True)
 seed = {seed}

@@ -1,6 +1,6 @@
 """The files of an image index directory: SQLite metadata, the vector cache, the writer lock.
 
-Owns the on-disk side of ``mmbm.index``. ``index.sqlite`` is the source of truth:
+Owns the on-disk side of the image index (``mmbm.index``). ``index.sqlite`` is the source of truth:
 one row per image (path, thumbnail, caption, source, time added, content hash and
 its embedding as float32 bytes) and a ``meta`` table (schema version, embedder
 identity, width, index kind and a ``generation`` counter). ``vectors.npz`` is a

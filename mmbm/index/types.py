@@ -3,10 +3,10 @@
 Owns the ``Embedder`` protocol (what the index needs from a model), ``IndexConfig``,
 the results ``SearchHit``, ``AddReport`` and ``IndexStats``, and the functions that
 read an input for adding (``load_for_adding``: pixels, content hash, thumbnail),
-validate embeddings and captions. ``mmbm.index`` re-exports the public names.
+validate embeddings and captions. ``mmbm.index.image_index`` re-exports the public names.
 
 Imports numpy, Pillow, ``mmbm.config``, ``mmbm.errors``, ``mmbm.image`` and
-``mmbm.index_vectors``; never the model, SQLite or faiss.
+``mmbm.index.vectors``; never the model, SQLite or faiss.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from PIL import Image
 from mmbm.config import ImageConfig
 from mmbm.errors import ConfigError, ImageError, SearchIndexError, TextError
 from mmbm.image import ImageSource, load_image
-from mmbm.index_vectors import IndexKind, SearchConfig, SearchKind
+from mmbm.index.vectors import IndexKind, SearchConfig, SearchKind
 
 NORM_TOLERANCE = 1e-3  # embeddings whose norm is further than this from 1 are renormalised
 

@@ -1,8 +1,8 @@
 """Image search: add images, then find them by text, by image or by vector.
 
 Owns ``ImageIndex``, an index directory that keeps every image's metadata and
-embedding in SQLite (``mmbm.index_store``) and searches them in memory
-(``mmbm.index_vectors``: exact by default, IVF or HNSW with exact re-ranking when
+embedding in SQLite (``mmbm.index.store``) and searches them in memory
+(``mmbm.index.vectors``: exact by default, IVF or HNSW with exact re-ranking when
 large). Embeddings come from an ``Embedder`` passed in — the model's adapter in
 the pipeline, or anything with the same four members — so this module never
 imports the model. The index records the embedder's ``identity`` and refuses to
@@ -14,7 +14,7 @@ results never show the same image twice. Audio queries are a pipeline concern:
 transcribe, then call ``search_text``.
 
 Imports numpy, Pillow, tqdm and ``mmbm.image``, ``mmbm.data.adapters``,
-``mmbm.index_store``, ``mmbm.index_types``, ``mmbm.index_vectors``; never the
+``mmbm.index.store``, ``mmbm.index.types``, ``mmbm.index.vectors``; never the
 model, training or gradio.
 """
 
@@ -33,8 +33,8 @@ from tqdm import tqdm
 from mmbm.data.adapters import load_image_manifest
 from mmbm.errors import DataError, ImageError, SearchIndexError
 from mmbm.image import ImageSource, load_image
-from mmbm.index_store import CACHE_NAME, DB_NAME, MetadataStore, NewImage, WriterLock, read_cache, write_cache
-from mmbm.index_types import (
+from mmbm.index.store import CACHE_NAME, DB_NAME, MetadataStore, NewImage, WriterLock, read_cache, write_cache
+from mmbm.index.types import (
     DEFAULT_INDEX_CONFIG,
     AddReport,
     Embedder,
@@ -52,7 +52,7 @@ from mmbm.index_types import (
     shrink,
     try_load,
 )
-from mmbm.index_vectors import INDEX_KINDS, IndexKind, SearchConfig, VectorSet, check_kind
+from mmbm.index.vectors import INDEX_KINDS, IndexKind, SearchConfig, VectorSet, check_kind
 
 __all__ = ["AddReport", "Embedder", "ImageIndex", "IndexConfig", "IndexStats", "SearchConfig", "SearchHit"]
 

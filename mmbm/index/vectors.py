@@ -1,6 +1,6 @@
 """In-memory nearest-neighbour search over L2-normalised vectors, for the image index.
 
-Owns the search side of ``mmbm.index``: a ``VectorSet`` holds every vector in one
+Owns the search side of the image index (``mmbm.index``): a ``VectorSet`` holds every vector in one
 float32 matrix beside its image ids (kept sorted), answers exact inner-product
 queries with FAISS's brute-force ``knn`` over that matrix, and, for large
 collections, an approximate index over 8-bit scalar-quantised codes: an inverted
