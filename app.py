@@ -29,13 +29,13 @@ import gradio as gr
 from gradio.utils import get_upload_folder
 
 from mmbm import ui_text
-from mmbm.data.captions import VOCABULARY
-from mmbm.data.scene import COLOUR_RGB
 from mmbm.decode.captions import DecodingOptions
 from mmbm.decode.ctc import CTCDecodingOptions, Lexicon
 from mmbm.errors import MMBMError
 from mmbm.index.store import DB_NAME
 from mmbm.pipeline import Pipeline
+from mmbm.shapesworld.captions import VOCABULARY
+from mmbm.shapesworld.scene import COLOUR_RGB
 from mmbm.tokenizer import number_to_words
 from mmbm.ui_text import Pictures, Rows
 

@@ -39,9 +39,9 @@ sys.path.insert(0, str(REPO))  # app.py lives at the top level, beside mmbm/
 
 import app  # noqa: E402
 from mmbm.audio import save_audio  # noqa: E402
-from mmbm.data.captions import canonical_caption  # noqa: E402
-from mmbm.data.corpus import make_item  # noqa: E402
-from mmbm.data.shapes import ShapesConfig, render_scene  # noqa: E402
+from mmbm.shapesworld.captions import canonical_caption  # noqa: E402
+from mmbm.shapesworld.corpus import make_item  # noqa: E402
+from mmbm.shapesworld.shapes import ShapesConfig, render_scene  # noqa: E402
 
 START_TIMEOUT_S = 120.0
 N_SCENES = 7  # distinct scenes and queries cycled through
@@ -105,7 +105,7 @@ def scenes(directory: Path) -> tuple[list[Path], list[str]]:
 
 
 def spoken_clips(directory: Path) -> list[Path]:
-    from mmbm.data.tts import Voice, make_engine
+    from mmbm.shapesworld.tts import Voice, make_engine
 
     engine = make_engine("flite")
     if not engine.available():

@@ -41,7 +41,6 @@ from mmbm.baselines.lstm_captioner import (
     parameter_count,
     save_lstm_captioner,
 )
-from mmbm.data.corpus import ImageRecord, load_image_manifest
 from mmbm.decode.captions import DecodingOptions
 from mmbm.errors import ConfigError
 from mmbm.evaluate import CAPTION_SPLITS
@@ -50,6 +49,7 @@ from mmbm.image import image_to_tensor, load_image
 from mmbm.measure import CaptionMetrics, caption_truth, evaluate_captions
 from mmbm.model.model import PART_TASKS, parameter_counts
 from mmbm.pipeline import Pipeline
+from mmbm.shapesworld.corpus import ImageRecord, load_image_manifest
 
 logger = logging.getLogger(__name__)
 

@@ -38,8 +38,8 @@ FRAMES_PER_SECOND = 100  # 10 ms hop
 
 def sample_texts() -> list[str]:
     """ShapesWorld captions and spoken numbers, to train a tokenizer when no checkpoint is given."""
-    from mmbm.data.captions import captions_for
-    from mmbm.data.shapes import ShapesConfig, sample_scene
+    from mmbm.shapesworld.captions import captions_for
+    from mmbm.shapesworld.shapes import ShapesConfig, sample_scene
     from mmbm.tokenizer import number_to_words
 
     rng = np.random.default_rng(0)

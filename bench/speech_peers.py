@@ -40,7 +40,11 @@ from mmbm.audio import AudioSource, load_audio
 from mmbm.config import AudioConfig
 from mmbm.data.adapters import AudioTextRecord, load_audio_manifest
 from mmbm.data.augment import add_noise
-from mmbm.data.captions import (
+from mmbm.decode.ctc import CTCDecodingOptions, Lexicon
+from mmbm.errors import AudioError, DataError
+from mmbm.measure import speech_metrics
+from mmbm.pipeline import Pipeline
+from mmbm.shapesworld.captions import (
     BACKGROUND_WORDS,
     COUNT_WORDS,
     FRAMES,
@@ -51,12 +55,8 @@ from mmbm.data.captions import (
     SINGULARS,
     SIZE_WORDS,
 )
-from mmbm.data.scene import COLOURS, SHAPES
-from mmbm.data.speech import DIGIT_WORDS, NUMBER_WORDS
-from mmbm.decode.ctc import CTCDecodingOptions, Lexicon
-from mmbm.errors import AudioError, DataError
-from mmbm.measure import speech_metrics
-from mmbm.pipeline import Pipeline
+from mmbm.shapesworld.scene import COLOURS, SHAPES
+from mmbm.shapesworld.speech import DIGIT_WORDS, NUMBER_WORDS
 from mmbm.tokenizer import normalize_text
 
 logger = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ logger = logging.getLogger(__name__)
 PS_GENERAL, PS_GRAMMAR = "pocketsphinx (general English)", "pocketsphinx (ShapesWorld grammar)"
 MMBM_GREEDY, MMBM_LEXICON = "MMBM greedy", "MMBM beam+lexicon"
 SYSTEMS = (MMBM_GREEDY, MMBM_LEXICON, PS_GENERAL, PS_GRAMMAR)
-MAX_DIGITS = 5  # the corpus speaks digit strings of 2..5 digits (mmbm.data.speech)
+MAX_DIGITS = 5  # the corpus speaks digit strings of 2..5 digits (mmbm.shapesworld.speech)
 
 
 def _alternatives(words: Sequence[str]) -> str:
@@ -72,7 +72,7 @@ def _alternatives(words: Sequence[str]) -> str:
 
 
 def shapesworld_jsgf() -> str:
-    """A JSGF grammar of every caption mmbm.data.captions can write and every spoken number of the corpus.
+    """A JSGF grammar of every caption mmbm.shapesworld.captions can write and every spoken number of the corpus.
 
     It follows the caption grammar (frame, clauses joined by "and", mentions with
     count/size/colour/noun, relations, one optional background phrase) and adds

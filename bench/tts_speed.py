@@ -17,8 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from mmbm.data.speech import PlannedClip, SpeechConfig, clip_id, generate_speech_corpus, synthesize_clip
-from mmbm.data.tts import ENGINE_NAMES, build_catalogue, make_engine
+from mmbm.shapesworld.speech import PlannedClip, SpeechConfig, clip_id, generate_speech_corpus, synthesize_clip
+from mmbm.shapesworld.tts import ENGINE_NAMES, build_catalogue, make_engine
 
 TEXTS = (
     "a small red circle to the left of a blue square",

@@ -38,7 +38,6 @@ from typing import Any
 import torch
 
 from mmbm.data.adapters import load_audio_manifest
-from mmbm.data.corpus import load_image_manifest
 from mmbm.decode.captions import DecodingOptions
 from mmbm.decode.ctc import CTCDecodingOptions, Lexicon
 from mmbm.device import hardware_description
@@ -46,6 +45,7 @@ from mmbm.errors import ConfigError, DataError, MMBMError
 from mmbm.files import sha256_file, write_text_atomic
 from mmbm.measure import RECALL_KS, evaluate_captions, evaluate_retrieval, evaluate_speech, measure_timing
 from mmbm.pipeline import Pipeline
+from mmbm.shapesworld.corpus import load_image_manifest
 
 logger = logging.getLogger(__name__)
 

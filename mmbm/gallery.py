@@ -23,9 +23,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from mmbm.data.corpus import load_corpus_info
 from mmbm.errors import DataError, MMBMError
 from mmbm.pipeline import Pipeline
+from mmbm.shapesworld.corpus import load_corpus_info
 
 logger = logging.getLogger(__name__)
 

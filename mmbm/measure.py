@@ -26,14 +26,14 @@ from tqdm import tqdm
 
 from mmbm.data.adapters import AudioTextRecord
 from mmbm.data.augment import add_noise
-from mmbm.data.captions import check, judge, parse
-from mmbm.data.corpus import ImageRecord
-from mmbm.data.scene import Scene
 from mmbm.decode.captions import DecodingOptions
 from mmbm.decode.ctc import CTCDecodingOptions, Lexicon
 from mmbm.errors import AudioError, DataError
 from mmbm.metrics import ErrorRates, caption_scores, error_rates, recall_at_k, semantic_precision_at_k, top_k
 from mmbm.pipeline import Pipeline
+from mmbm.shapesworld.captions import check, judge, parse
+from mmbm.shapesworld.corpus import ImageRecord
+from mmbm.shapesworld.scene import Scene
 
 logger = logging.getLogger(__name__)
 

@@ -23,13 +23,13 @@ import numpy as np
 from PIL import Image
 
 from mmbm.config import ImageConfig
-from mmbm.data.captions import canonical_caption
-from mmbm.data.corpus import make_item
-from mmbm.data.shapes import ShapesConfig, render_scene
 from mmbm.decode.captions import CaptionResult
 from mmbm.decode.ctc import Transcript
 from mmbm.image import image_to_tensor
 from mmbm.index.image_index import AddReport, IndexStats, SearchHit
+from mmbm.shapesworld.captions import canonical_caption
+from mmbm.shapesworld.corpus import make_item
+from mmbm.shapesworld.shapes import ShapesConfig, render_scene
 
 Rows = list[list[Any]]  # a table's rows, as gr.Dataframe takes them
 Pictures = list[tuple[Image.Image, str]]  # (image, label) pairs, as gr.Gallery takes them

@@ -16,12 +16,12 @@ from pathlib import Path
 import torch
 
 from mmbm.config import ModelConfig
-from mmbm.data.captions import VOCABULARY
-from mmbm.data.corpus import make_item
-from mmbm.data.scene import Scene
-from mmbm.data.shapes import ShapesConfig, render_scene
 from mmbm.model.model import MMBM, config_for_tokenizer
 from mmbm.pipeline import Pipeline
+from mmbm.shapesworld.captions import VOCABULARY
+from mmbm.shapesworld.corpus import make_item
+from mmbm.shapesworld.scene import Scene
+from mmbm.shapesworld.shapes import ShapesConfig, render_scene
 from mmbm.tokenizer import number_to_words, train_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]

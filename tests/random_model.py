@@ -14,9 +14,9 @@ import numpy as np
 import torch
 
 from mmbm.config import AudioConfig, ImageConfig, ModelConfig
-from mmbm.data.corpus import generate_image_corpus
-from mmbm.data.shapes import ShapesConfig
 from mmbm.model.model import MMBM, config_for_tokenizer
+from mmbm.shapesworld.corpus import generate_image_corpus
+from mmbm.shapesworld.shapes import ShapesConfig
 from mmbm.tokenizer import number_to_words, train_tokenizer
 
 SAMPLE_RATE = 16_000

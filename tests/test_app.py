@@ -32,7 +32,7 @@ from gradio_client.exceptions import AppError  # noqa: E402
 import app  # noqa: E402
 from mmbm import ui_text  # noqa: E402
 from mmbm.audio import save_audio  # noqa: E402
-from mmbm.data.captions import canonical_caption, judge  # noqa: E402
+from mmbm.shapesworld.captions import canonical_caption, judge  # noqa: E402
 from tests.demo_world import (  # noqa: E402
     DemoWorld,
     build_index,
@@ -332,7 +332,7 @@ def test_trained_model_transcribes_a_held_out_voice_within_10_percent_cer(
     trained_model_dir: Path, tmp_path: Path
 ) -> None:
     jiwer = pytest.importorskip("jiwer")
-    from mmbm.data.tts import Voice, make_engine
+    from mmbm.shapesworld.tts import Voice, make_engine
 
     engine = make_engine("festival")
     assert engine.available(), engine.install_hint

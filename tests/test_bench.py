@@ -24,13 +24,13 @@ from mmbm.baselines.lstm_captioner import (
     pad_captions,
     save_lstm_captioner,
 )
-from mmbm.data.captions import VOCABULARY
-from mmbm.data.corpus import generate_image_corpus, load_image_manifest
-from mmbm.data.shapes import ShapesConfig
-from mmbm.data.speech import NUMBER_WORDS, SpeechConfig, generate_speech_corpus
-from mmbm.data.tts import make_engine
 from mmbm.errors import CheckpointError, ConfigError
 from mmbm.image import load_image
+from mmbm.shapesworld.captions import VOCABULARY
+from mmbm.shapesworld.corpus import generate_image_corpus, load_image_manifest
+from mmbm.shapesworld.shapes import ShapesConfig
+from mmbm.shapesworld.speech import NUMBER_WORDS, SpeechConfig, generate_speech_corpus
+from mmbm.shapesworld.tts import make_engine
 from mmbm.training.mixing import plan_micro_steps
 
 TINY_MODEL = ("--d-model 32 --n-layers 1 --n-heads 2 --d-ff 64 --patch-size 8 --vocab-size 256 --image-size 32 "

@@ -31,7 +31,7 @@ import soundfile  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import app  # noqa: E402
-from mmbm.data.tts import Voice, make_engine  # noqa: E402
+from mmbm.shapesworld.tts import Voice, make_engine  # noqa: E402
 from mmbm.tokenizer import normalize_text  # noqa: E402
 from tests.demo_world import (  # noqa: E402
     REPO,

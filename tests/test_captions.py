@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mmbm.data.captions import (
+from mmbm.shapesworld.captions import (
     BACKGROUND_WORDS,
     PLURALS,
     SINGULARS,
@@ -17,8 +17,8 @@ from mmbm.data.captions import (
     judge,
     parse,
 )
-from mmbm.data.scene import COLOURS, SHAPES, Background, Scene, SceneObject, mirror_scene
-from mmbm.data.shapes import ShapesConfig, sample_scene
+from mmbm.shapesworld.scene import COLOURS, SHAPES, Background, Scene, SceneObject, mirror_scene
+from mmbm.shapesworld.shapes import ShapesConfig, sample_scene
 from mmbm.tokenizer import normalize_text
 
 CONFIG = ShapesConfig()

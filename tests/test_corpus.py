@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-import mmbm.data.corpus as corpus_module
-from mmbm.data.captions import judge
-from mmbm.data.corpus import (
+import mmbm.shapesworld.corpus as corpus_module
+from mmbm.errors import ConfigError, DataError
+from mmbm.shapesworld.captions import judge
+from mmbm.shapesworld.corpus import (
     SPLITS,
     add_shapes_arguments,
     generate_image_corpus,
@@ -21,8 +22,7 @@ from mmbm.data.corpus import (
     render_sample_grid,
     run_shapes_command,
 )
-from mmbm.data.shapes import ShapesConfig, heldout_pairs
-from mmbm.errors import ConfigError, DataError
+from mmbm.shapesworld.shapes import ShapesConfig, heldout_pairs
 from mmbm.tokenizer import normalize_text
 
 SMALL = ShapesConfig(image_size=32, n_train=12, n_val=3, n_test=3, n_compositional=4, seed=5)

@@ -17,9 +17,6 @@ import torch
 
 from mmbm.audio import rms_db, save_audio
 from mmbm.data.adapters import load_audio_manifest
-from mmbm.data.captions import canonical_caption, judge
-from mmbm.data.corpus import ImageRecord, load_image_manifest
-from mmbm.data.scene import Background, Scene, SceneObject
 from mmbm.decode.captions import Caption, CaptionResult, DecodingOptions
 from mmbm.decode.ctc import CTCDecodingOptions
 from mmbm.errors import ConfigError, DataError
@@ -27,6 +24,9 @@ from mmbm.evaluate import EvaluateConfig, format_report, main
 from mmbm.measure import caption_truth, evaluate_captions, evaluate_speech, retrieval_metrics, speech_metrics
 from mmbm.metrics import caption_scores
 from mmbm.pipeline import Pipeline
+from mmbm.shapesworld.captions import canonical_caption, judge
+from mmbm.shapesworld.corpus import ImageRecord, load_image_manifest
+from mmbm.shapesworld.scene import Background, Scene, SceneObject
 from tests.random_model import NUMBER_WORDS, SAMPLE_RATE, make_checkpoint, make_image_corpus, tone
 
 torch.set_num_threads(1)

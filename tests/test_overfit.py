@@ -17,13 +17,13 @@ import torch
 
 from mmbm.audio import load_audio, log_mel
 from mmbm.config import FUSIONS, ModelConfig
-from mmbm.data.captions import canonical_caption
-from mmbm.data.shapes import ShapesConfig, render_scene, sample_scene
 from mmbm.decode.ctc import transcribe_features
 from mmbm.image import image_to_tensor
 from mmbm.metrics import error_rates
 from mmbm.model.losses import caption_loss, contrastive_loss, ctc_loss, token_accuracy
 from mmbm.model.model import MMBM, config_for_tokenizer
+from mmbm.shapesworld.captions import canonical_caption
+from mmbm.shapesworld.shapes import ShapesConfig, render_scene, sample_scene
 from mmbm.tokenizer import Tokenizer, normalize_text, number_to_words, train_tokenizer
 
 torch.set_num_threads(1)

@@ -16,11 +16,11 @@ import torch
 from PIL import Image
 
 from mmbm.audio import save_audio
-from mmbm.data.corpus import ImageRecord, load_image_manifest
 from mmbm.decode.captions import CaptionResult, DecodingOptions
 from mmbm.decode.ctc import Transcript
 from mmbm.errors import AudioError, CheckpointError, ImageError, SearchIndexError, TextError
 from mmbm.pipeline import Pipeline, TranscribeResult, model_identity
+from mmbm.shapesworld.corpus import ImageRecord, load_image_manifest
 from mmbm.tokenizer import train_tokenizer
 from tests.random_model import SAMPLE_RATE, make_checkpoint, make_image_corpus, tone
 

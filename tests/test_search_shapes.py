@@ -13,9 +13,9 @@ import pytest
 from demo_world import REPO, render_test_scenes, require_trained_model
 from PIL import Image
 
-from mmbm.data.captions import canonical_caption
 from mmbm.errors import AudioError
 from mmbm.pipeline import Pipeline
+from mmbm.shapesworld.captions import canonical_caption
 
 GALLERY = REPO / "models" / "gallery"
 
@@ -43,7 +43,7 @@ def test_a_re_encoded_copy_of_a_scene_finds_that_scene_first(pipeline: Pipeline,
 @pytest.mark.tts
 @pytest.mark.xfail(strict=True, raises=AssertionError, reason="shipped mmbm-tiny hears about half the words (0 of 5 found); see models/mmbm-tiny/README.md")
 def test_a_spoken_description_finds_its_scene_in_the_top_10(pipeline: Pipeline, tmp_path: Path) -> None:
-    from mmbm.data.tts import Voice, make_engine
+    from mmbm.shapesworld.tts import Voice, make_engine
 
     engine = make_engine("flite")
     assert engine.available(), engine.install_hint

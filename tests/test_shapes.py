@@ -9,7 +9,8 @@ import math
 import numpy as np
 import pytest
 
-from mmbm.data.scene import (
+from mmbm.errors import ConfigError, DataError
+from mmbm.shapesworld.scene import (
     RELATION_MARGIN,
     RELATIONS,
     Background,
@@ -18,7 +19,7 @@ from mmbm.data.scene import (
     mirror_scene,
     relation_holds,
 )
-from mmbm.data.shapes import (
+from mmbm.shapesworld.shapes import (
     BACKGROUND_KINDS,
     COLOUR_JITTER,
     COLOUR_RGB,
@@ -31,7 +32,6 @@ from mmbm.data.shapes import (
     render_scene,
     sample_scene,
 )
-from mmbm.errors import ConfigError, DataError
 
 CONFIG = ShapesConfig()
 

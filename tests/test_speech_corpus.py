@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 import soundfile
 
-from mmbm.data import tts
-from mmbm.data.speech import (
+from mmbm.errors import ConfigError, DataError
+from mmbm.shapesworld import tts
+from mmbm.shapesworld.speech import (
     NUMBER_WORDS,
     PAD_SECONDS,
     PEAK,
@@ -33,8 +34,7 @@ from mmbm.data.speech import (
     text_split,
     trim_silence,
 )
-from mmbm.data.tts import ENGINE_NAMES, Voice, build_catalogue, make_engine, parse_voice
-from mmbm.errors import ConfigError, DataError
+from mmbm.shapesworld.tts import ENGINE_NAMES, Voice, build_catalogue, make_engine, parse_voice
 from mmbm.tokenizer import normalize_text
 
 SR = 16_000

@@ -2,7 +2,7 @@
 
 Not a test module (pytest collects test_*.py only); tests/test_train.py and
 tests/test_distributed.py import it. The image corpus comes from the real
-generator (mmbm.data.corpus); the speech corpus follows the on-disk contract
+generator (mmbm.shapesworld.corpus); the speech corpus follows the on-disk contract
 (clips/<id>.wav at 16 kHz PCM16, train/val.jsonl rows, corpus.json written
 last) with tones instead of voices, so no TTS engine is needed.
 """
@@ -16,8 +16,8 @@ import numpy as np
 import soundfile
 
 from mmbm.config import ImageConfig, ModelConfig
-from mmbm.data.corpus import generate_image_corpus
-from mmbm.data.shapes import ShapesConfig
+from mmbm.shapesworld.corpus import generate_image_corpus
+from mmbm.shapesworld.shapes import ShapesConfig
 from mmbm.training.config import TrainConfig
 
 SAMPLE_RATE = 16_000

@@ -1,8 +1,11 @@
-"""ShapesWorld and the other corpora MMBM trains and evaluates on.
+"""Training and evaluation data: real-corpus adapters, torch datasets and augmentation.
 
-``shapes`` samples and renders scenes and keeps their scene graphs; ``captions``
-writes captions from a small grammar and checks any caption for truth against
-a scene; ``corpus`` writes an image corpus to disk and reads it back; ``speech``
-speaks captions and number phrases with offline TTS engines. This package never
-imports the model, the trainer or gradio.
+Owns the readers of MS-COCO caption JSON, LibriSpeech-style folders and generic
+JSONL manifests (``adapters``), the torch datasets and collation that turn records
+into batches (``datasets``) and the image and audio augmentations applied at
+training time (``augment``). The ShapesWorld generator is ``mmbm.shapesworld``.
+
+May import ``mmbm.config``, ``mmbm.errors``, ``mmbm.audio``, ``mmbm.image`` and
+``mmbm.tokenizer``; never the model, decoding, the index, ShapesWorld,
+evaluation, training, the pipeline or the demo.
 """

@@ -13,7 +13,7 @@ global batch. A checkpoint stores the counter of each task, and a resumed run
 starts the sampler there. Augmentation follows the item: the datasets seed it
 from ``(seed, epoch, index)``, which the sampler hands over with each index, so
 a resumed (or differently sharded) run sees the very same augmented items.
-Imports ``mmbm.data`` and ``mmbm.tokenizer``; never the model.
+Imports ``mmbm.data``, ``mmbm.shapesworld`` and ``mmbm.tokenizer``; never the model.
 """
 
 from __future__ import annotations
@@ -30,11 +30,11 @@ from mmbm.config import ModelConfig
 from mmbm.data.adapters import AudioTextRecord, ImageTextRecord, load_audio_manifest
 from mmbm.data.adapters import load_image_manifest as load_image_manifest_file
 from mmbm.data.augment import AudioAugmentConfig, ImageAugmentConfig
-from mmbm.data.captions import canonical_caption
-from mmbm.data.corpus import load_image_manifest
 from mmbm.data.datasets import CaptionDataset, RetrievalDataset, SpeechDataset, item_seed
-from mmbm.data.scene import mirror_scene
 from mmbm.errors import DataError
+from mmbm.shapesworld.captions import canonical_caption
+from mmbm.shapesworld.corpus import load_image_manifest
+from mmbm.shapesworld.scene import mirror_scene
 from mmbm.tokenizer import Tokenizer, train_tokenizer
 
 STREAM_KEYS = {"image_text": 1, "speech": 2}  # separate permutation streams per task
@@ -85,7 +85,7 @@ def check_sources(images: str | Path, speech: str | Path, images_val: str | None
             raise DataError(f"{what} corpus folder not found: {str(source)!r}")
         elif not (source / "corpus.json").is_file():
             raise DataError(f"{what} corpus {str(source)!r} is incomplete: corpus.json is missing "
-                            f"(its generation never finished); run `python -m mmbm.data` to finish it")
+                            f"(its generation never finished); run `python -m mmbm.shapesworld` to finish it")
 
 
 def load_corpora(images: str | Path, speech: str | Path, images_val: str | None = None,

@@ -3,7 +3,7 @@
 Owns ``generate_image_corpus`` (scenes, captions and PNGs for the train, val,
 test and compositional splits, in a process pool with a progress bar), the
 readers ``load_corpus_info`` / ``load_image_manifest``, the sample grid for the
-docs (``render_sample_grid``) and the ``python -m mmbm.data shapes`` flags.
+docs (``render_sample_grid``) and the ``python -m mmbm.shapesworld shapes`` flags.
 
 Layout (the corpus contract): ``images/<id>.png``; ``<split>.jsonl`` with rows
 ``{"id", "image": "images/<id>.png", "captions": [...], "scene": {...}}``;
@@ -37,11 +37,11 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
-from mmbm.data.captions import VOCABULARY, captions_for
-from mmbm.data.scene import Scene
-from mmbm.data.shapes import ShapesConfig, heldout_pairs, render_scene, sample_scene
 from mmbm.errors import ConfigError, DataError
 from mmbm.files import write_text_atomic
+from mmbm.shapesworld.captions import VOCABULARY, captions_for
+from mmbm.shapesworld.scene import Scene
+from mmbm.shapesworld.shapes import ShapesConfig, heldout_pairs, render_scene, sample_scene
 
 logger = logging.getLogger(__name__)
 
@@ -266,7 +266,7 @@ def load_corpus_info(corpus_dir: str | os.PathLike[str]) -> CorpusInfo:
     if not path.is_file():
         raise DataError(
             f"{str(folder)!r} is not a complete ShapesWorld corpus: {CORPUS_FILE} is missing "
-            "(generation never finished or this is another folder); run `python -m mmbm.data shapes`"
+            "(generation never finished or this is another folder); run `python -m mmbm.shapesworld shapes`"
         )
     record = _read_json(path)
     if record is None or record.get("format") != CORPUS_FORMAT:
@@ -350,7 +350,7 @@ def render_sample_grid(
 
 
 def add_shapes_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags of ``python -m mmbm.data shapes``; unset ones keep the preset's values."""
+    """Flags of ``python -m mmbm.shapesworld shapes``; unset ones keep the preset's values."""
     parser.add_argument("--out", default="data/shapes", help="corpus folder (default: data/shapes)")
     parser.add_argument("--preset", choices=("tiny", "base"), default="tiny", help="64 px (tiny) or 224 px (base)")
     for name in ("image_size", *MANIFEST_ONLY_FIELDS[:4], "n_heldout_pairs", "min_objects", "max_objects", "seed"):

@@ -11,7 +11,7 @@ is returned as it is. Layout (see the corpus contract): ``clips/<id>.wav``;
 ``train|val|test.jsonl`` spoken by seen voices, texts split by a hash so no
 sentence is in two splits (the 21 words zero..twenty are the exception: they
 are the whole vocabulary of single numbers); ``heldout.jsonl`` spoken only by
-the held-out voice family, on test texts. Engines live in ``mmbm.data.tts``.
+the held-out voice family, on test texts. Engines live in ``mmbm.shapesworld.tts``.
 Imports ``mmbm.audio``, ``mmbm.tokenizer`` and ``mmbm.errors``; never the model,
 the trainer, gradio or the image corpus modules.
 """
@@ -40,9 +40,9 @@ from tqdm import tqdm
 
 from mmbm.audio import is_silent, resample, save_audio
 from mmbm.config import SAMPLE_RATE, require
-from mmbm.data.tts import ENGINE_NAMES, FAMILIES, TTSEngine, Voice, build_catalogue, make_engine
 from mmbm.errors import DataError, MMBMError
 from mmbm.files import write_text_atomic
+from mmbm.shapesworld.tts import ENGINE_NAMES, FAMILIES, TTSEngine, Voice, build_catalogue, make_engine
 from mmbm.tokenizer import normalize_text, number_to_words
 
 logger = logging.getLogger(__name__)
@@ -394,7 +394,7 @@ def read_captions(path: str | os.PathLike) -> list[str]:
 
 
 def add_speech_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags of ``python -m mmbm.data speech``; they map onto SpeechConfig fields."""
+    """Flags of ``python -m mmbm.shapesworld speech``; they map onto SpeechConfig fields."""
     default = SpeechConfig()
     parser.add_argument("--captions", required=True, help="image corpus folder (e.g. data/shapes) or a text file")
     parser.add_argument("--out", default="data/speech", help="corpus folder (default: data/speech)")

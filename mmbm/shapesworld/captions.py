@@ -2,7 +2,7 @@
 
 Owns the caption vocabulary (``VOCABULARY``, under 70 words), the grammar
 (``captions_for``, ``canonical_caption``), the parser (``parse``) and the truth
-checker (``check``, ``judge``). Imports ``mmbm.data.scene`` for the scene graph
+checker (``check``, ``judge``). Imports ``mmbm.shapesworld.scene`` for the scene graph
 and the relation rule, and ``mmbm.tokenizer.normalize_text``; never the renderer
 (``shapes``), torch or the model.
 
@@ -39,7 +39,7 @@ from types import MappingProxyType
 
 import numpy as np
 
-from mmbm.data.scene import COLOURS, RELATIONS, SHAPES, Scene, SceneObject, relation_holds
+from mmbm.shapesworld.scene import COLOURS, RELATIONS, SHAPES, Scene, SceneObject, relation_holds
 from mmbm.tokenizer import normalize_text
 
 COUNT_WORDS: Mapping[str, int] = MappingProxyType({"a": 1, "an": 1, "one": 1, "two": 2, "three": 3})

@@ -4,7 +4,7 @@ Owns one small interface over five engines: espeak-ng, flite and festival
 (Debian programs, run as subprocesses) and piper and kokoro (neural ONNX models
 from PyPI, loaded once per engine object). ``TTSEngine.synthesize(text, voice)``
 returns mono float32 audio at the engine's own sample rate; resampling, trimming
-and writing clips belong to ``mmbm.data.speech``. A ``Voice`` names its engine,
+and writing clips belong to ``mmbm.shapesworld.speech``. A ``Voice`` names its engine,
 speaker and parameters, validates them when it is made, and has a stable
 ``name`` that ``parse_voice`` reads back. ``build_catalogue`` lists the voices a
 corpus draws from, deterministically from a seed. A voice *family* is the

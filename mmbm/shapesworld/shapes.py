@@ -8,7 +8,7 @@ graph and the visual vocabulary live in ``scene`` and are re-exported here.
 
 A scene depends only on the numpy ``Generator`` handed to ``sample_scene``, and
 an image only on its scene and size, so a corpus is the same whatever order or
-process renders it. Imports ``mmbm.errors`` and ``mmbm.data.scene`` only; never
+process renders it. Imports ``mmbm.errors`` and ``mmbm.shapesworld.scene`` only; never
 torch, the model or the captions module.
 """
 
@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from mmbm.config import require
-from mmbm.data.scene import (
+from mmbm.shapesworld.scene import (
     BACKGROUND_KINDS,
     COLOUR_RGB,
     COLOURS,

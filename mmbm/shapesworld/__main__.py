@@ -1,7 +1,7 @@
 """Command line for the ShapesWorld corpus generator.
 
-    python -m mmbm.data shapes --out data/shapes            # scenes, captions, splits
-    python -m mmbm.data speech --captions data/shapes --out data/speech   # spoken versions
+    python -m mmbm.shapesworld shapes --out data/shapes            # scenes, captions, splits
+    python -m mmbm.shapesworld speech --captions data/shapes --out data/speech   # spoken versions
 
 Each subcommand validates its flags into a frozen config before any work starts,
 shows a progress bar, resumes an interrupted run and does nothing when the corpus
@@ -14,13 +14,13 @@ import argparse
 import logging
 import sys
 
-from mmbm.data.corpus import add_shapes_arguments, run_shapes_command
-from mmbm.data.speech import add_speech_arguments, run_speech_command
 from mmbm.errors import MMBMError
+from mmbm.shapesworld.corpus import add_shapes_arguments, run_shapes_command
+from mmbm.shapesworld.speech import add_speech_arguments, run_speech_command
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m mmbm.data", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m mmbm.shapesworld", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     add_shapes_arguments(commands.add_parser("shapes", help="generate the image corpus (scenes and captions)"))
     add_speech_arguments(commands.add_parser("speech", help="generate spoken captions and numbers with offline TTS"))
