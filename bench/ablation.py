@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from mmbm.errors import ConfigError, MMBMError
-from mmbm.evaluate import EvaluateConfig, run_evaluation, write_metrics
+from mmbm.evaluate.evaluator import EvaluateConfig, run_evaluation, write_metrics
 from mmbm.files import write_text_atomic
 from mmbm.model.model import MMBM, PART_TASKS, parameter_counts
 from mmbm.training import state as checkpoints

@@ -11,7 +11,7 @@ augmentation, until a wall-clock budget runs out (the budget counts everything
 from the call, reading images included, as MMBM's trainer counts its setup).
 ``compare_captioners`` captions the test and compositional splits with every
 system (greedy decoding), judges them with the evaluator's truth checker and
-pycocoevalcap (mmbm.measure.caption_truth), and times one caption from the
+pycocoevalcap (mmbm.evaluate.measure.caption_truth), and times one caption from the
 image file per system in turn, in one process, after a warm-up: medians.
 """
 
@@ -43,10 +43,10 @@ from mmbm.baselines.lstm_captioner import (
 )
 from mmbm.decode.captions import DecodingOptions
 from mmbm.errors import ConfigError
-from mmbm.evaluate import CAPTION_SPLITS
+from mmbm.evaluate.evaluator import CAPTION_SPLITS
+from mmbm.evaluate.measure import CaptionMetrics, caption_truth, evaluate_captions
 from mmbm.files import write_text_atomic
 from mmbm.image import image_to_tensor, load_image
-from mmbm.measure import CaptionMetrics, caption_truth, evaluate_captions
 from mmbm.model.model import PART_TASKS, parameter_counts
 from mmbm.pipeline import Pipeline
 from mmbm.shapesworld.corpus import ImageRecord, load_image_manifest

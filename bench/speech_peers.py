@@ -16,7 +16,7 @@ its strongest fair form. Clips are taken one at a time and every system
 transcribes each clip in turn, in one process, so a busy machine slows all of
 them alike; RTF is wall time from the audio source (file or array) to text over
 audio seconds, median over the clips. Owns the grammar and the comparison; the
-scoring is mmbm.metrics through mmbm.measure, as in mmbm.evaluate.
+scoring is mmbm.evaluate.metrics through mmbm.evaluate.measure, as in mmbm.evaluate.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from mmbm.data.adapters import AudioTextRecord, load_audio_manifest
 from mmbm.data.augment import add_noise
 from mmbm.decode.ctc import CTCDecodingOptions, Lexicon
 from mmbm.errors import AudioError, DataError
-from mmbm.measure import speech_metrics
+from mmbm.evaluate.measure import speech_metrics
 from mmbm.pipeline import Pipeline
 from mmbm.shapesworld.captions import (
     BACKGROUND_WORDS,

@@ -32,8 +32,8 @@ from mmbm.data.augment import AudioAugmentConfig
 from mmbm.data.datasets import SpeechDataset, collate_speech
 from mmbm.decode.ctc import ctc_greedy
 from mmbm.errors import DataError
+from mmbm.evaluate.metrics import error_rates
 from mmbm.files import write_text_atomic
-from mmbm.metrics import error_rates
 from mmbm.model.losses import ctc_loss
 from mmbm.model.model import MMBM, config_for_tokenizer
 from mmbm.tokenizer import Tokenizer, train_tokenizer

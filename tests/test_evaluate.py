@@ -20,9 +20,9 @@ from mmbm.data.adapters import load_audio_manifest
 from mmbm.decode.captions import Caption, CaptionResult, DecodingOptions
 from mmbm.decode.ctc import CTCDecodingOptions
 from mmbm.errors import ConfigError, DataError
-from mmbm.evaluate import EvaluateConfig, format_report, main
-from mmbm.measure import caption_truth, evaluate_captions, evaluate_speech, retrieval_metrics, speech_metrics
-from mmbm.metrics import caption_scores
+from mmbm.evaluate.evaluator import EvaluateConfig, format_report, main
+from mmbm.evaluate.measure import caption_truth, evaluate_captions, evaluate_speech, retrieval_metrics, speech_metrics
+from mmbm.evaluate.metrics import caption_scores
 from mmbm.pipeline import Pipeline
 from mmbm.shapesworld.captions import canonical_caption, judge
 from mmbm.shapesworld.corpus import ImageRecord, load_image_manifest

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from mmbm.errors import MMBMError
-from mmbm.metrics import caption_scores, error_rates, recall_at_k, semantic_precision_at_k
+from mmbm.evaluate.metrics import caption_scores, error_rates, recall_at_k, semantic_precision_at_k
 
 
 def test_error_rates_hand_computed() -> None:

@@ -18,8 +18,8 @@ import torch
 from mmbm.audio import load_audio, log_mel
 from mmbm.config import FUSIONS, ModelConfig
 from mmbm.decode.ctc import transcribe_features
+from mmbm.evaluate.metrics import error_rates
 from mmbm.image import image_to_tensor
-from mmbm.metrics import error_rates
 from mmbm.model.losses import caption_loss, contrastive_loss, ctc_loss, token_accuracy
 from mmbm.model.model import MMBM, config_for_tokenizer
 from mmbm.shapesworld.captions import canonical_caption

@@ -4,9 +4,9 @@ Owns ``validate`` and ``ValidationResult``. Every metric is computed on the
 fixed validation sets (no augmentation, captions drawn once from the seed):
 captions by teacher forcing (cross-entropy without label smoothing, and the
 share of next tokens predicted right), retrieval as Recall@1 in both directions
-over the validation images and one caption each (mmbm.metrics.recall_at_k), and
+over the validation images and one caption each (mmbm.evaluate.metrics.recall_at_k), and
 speech as the character and word error rates of greedy CTC decoding
-(mmbm.decode.ctc.ctc_greedy; rates from mmbm.metrics).
+(mmbm.decode.ctc.ctc_greedy; rates from mmbm.evaluate.metrics).
 ``score`` turns the early-stopping metric into "higher is better". The full
 evaluation of a finished model is mmbm.evaluate's job. Imports the model,
 losses, metrics and this package's data helpers.
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from mmbm.data.datasets import CaptionDataset, SpeechDataset
 from mmbm.decode.ctc import ctc_greedy
-from mmbm.metrics import error_rates, recall_at_k
+from mmbm.evaluate.metrics import error_rates, recall_at_k
 from mmbm.model.model import MMBM
 from mmbm.tokenizer import Tokenizer
 from mmbm.training.config import StopMetric

@@ -29,7 +29,7 @@ from mmbm.data.augment import add_noise
 from mmbm.decode.captions import DecodingOptions
 from mmbm.decode.ctc import CTCDecodingOptions, Lexicon
 from mmbm.errors import AudioError, DataError
-from mmbm.metrics import ErrorRates, caption_scores, error_rates, recall_at_k, semantic_precision_at_k, top_k
+from mmbm.evaluate.metrics import ErrorRates, caption_scores, error_rates, recall_at_k, semantic_precision_at_k, top_k
 from mmbm.pipeline import Pipeline
 from mmbm.shapesworld.captions import check, judge, parse
 from mmbm.shapesworld.corpus import ImageRecord

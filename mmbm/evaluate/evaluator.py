@@ -17,8 +17,8 @@
 metrics.json opens with a ``provenance`` block (command line, data folders with the
 sha256 of their corpus.json or manifest, model identity, date, hardware) that every
 number below it shares. This module owns the run (which sets, which decoders,
-provenance, the files); the scoring of each task is ``mmbm.measure`` over
-``mmbm.pipeline`` and ``mmbm.metrics``. Imports no training or UI code.
+provenance, the files); the scoring of each task is ``mmbm.evaluate.measure`` over
+``mmbm.pipeline`` and ``mmbm.evaluate.metrics``. Imports no training or UI code.
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ from mmbm.decode.captions import DecodingOptions
 from mmbm.decode.ctc import CTCDecodingOptions, Lexicon
 from mmbm.device import hardware_description
 from mmbm.errors import ConfigError, DataError, MMBMError
+from mmbm.evaluate.measure import RECALL_KS, evaluate_captions, evaluate_retrieval, evaluate_speech, measure_timing
 from mmbm.files import sha256_file, write_text_atomic
-from mmbm.measure import RECALL_KS, evaluate_captions, evaluate_retrieval, evaluate_speech, measure_timing
 from mmbm.pipeline import Pipeline
 from mmbm.shapesworld.corpus import load_image_manifest
 
