@@ -441,7 +441,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def check_inputs(args: argparse.Namespace) -> str | None:
     """The one-line reason the app cannot start with these arguments, or None."""
     if not (args.model / "config.json").is_file():
-        return f"no model at {args.model} (config.json is missing); train one with `python -m mmbm.train` or pass --model DIR"
+        return f"no model at {args.model} (config.json is missing); train one with `python -m mmbm.training` or pass --model DIR"
     if not args.empty_gallery and not (args.index / DB_NAME).is_file():
         return f"no gallery index at {args.index} ({DB_NAME} is missing); pass --index DIR or --empty-gallery"
     return None

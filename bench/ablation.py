@@ -1,6 +1,6 @@
 """MMBM training runs for the benchmark: the shared model, one model per task, and the fusion ablation.
 
-Every run is ``python -m mmbm.train`` in a child process (so the report can quote
+Every run is ``python -m mmbm.training`` in a child process (so the report can quote
 the exact command and the child's peak memory is its own), with the same seed,
 batch sizes, schedule and number of optimizer steps; only the task weights, the
 fusion and the early-stopping metric differ (``RUNS``). A zero task weight
@@ -85,7 +85,7 @@ class Budget:
     steps: int
     seed: int = 0
     threads: int = 1
-    extra_flags: tuple[str, ...] = ()  # more `python -m mmbm.train` flags, the same for every run
+    extra_flags: tuple[str, ...] = ()  # more `python -m mmbm.training` flags, the same for every run
 
     @property
     def eval_every(self) -> int:
@@ -93,9 +93,9 @@ class Budget:
 
 
 def train_command(run: TrainingRun, out: Path, budget: Budget) -> list[str]:
-    """The ``python -m mmbm.train`` command line of ``run`` (without the interpreter)."""
+    """The ``python -m mmbm.training`` command line of ``run`` (without the interpreter)."""
     caption, contrastive, ctc = run.weights
-    return ["-m", "mmbm.train", "--images", str(budget.images), "--speech", str(budget.speech), "--out", str(out),
+    return ["-m", "mmbm.training", "--images", str(budget.images), "--speech", str(budget.speech), "--out", str(out),
             "--seed", str(budget.seed), "--max-steps", str(budget.steps), "--fusion", run.fusion,
             "--caption-weight", f"{caption:g}", "--contrastive-weight", f"{contrastive:g}", "--ctc-weight", f"{ctc:g}",
             "--early-stop-metric", run.stop_metric, "--eval-every", str(budget.eval_every),

@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from bench.ablation import FUSION_RUNS, REWEIGHTED_RUN, SINGLE_TASK_RUNS  # noqa: E402
 from bench.speech_peers import MMBM_GREEDY, MMBM_LEXICON, PS_GENERAL, PS_GRAMMAR  # noqa: E402
 from mmbm.files import write_text_atomic  # noqa: E402
-from mmbm.training.config import TASKS  # noqa: E402
+from mmbm.training.train_config import TASKS  # noqa: E402
 
 TOLERANCE = 0.05  # "within 5% of the best single-task model"
 TABLES = ("Headline", "Speech", "Captioning", "Fusion ablation", "Shared versus separate")

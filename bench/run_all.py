@@ -43,7 +43,7 @@ from mmbm.device import hardware_description
 from mmbm.errors import ConfigError, MMBMError
 from mmbm.files import write_text_atomic
 from mmbm.pipeline import model_identity
-from mmbm.training.config import TASKS
+from mmbm.training.train_config import TASKS
 
 logger = logging.getLogger("bench.run_all")
 
@@ -186,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--gradient-batches", type=int, nargs=3, default=None, metavar=("N", "PAIRS", "CLIPS"),
         help="bench.task_gradients: N batches of PAIRS image-caption pairs and CLIPS clips (default 8 32 16)")
     add("--threads", type=int, default=1, help="torch threads everywhere (1 is fastest on a shared 2-core CPU)")
-    add("--train-flags", default="", help="more mmbm.train flags for every run, e.g. '--batch-size 16'")
+    add("--train-flags", default="", help="more mmbm.training flags for every run, e.g. '--batch-size 16'")
     add("--report", type=Path, default=None, help="markdown page (default docs/benchmarks.md, quick: OUT/)")
     add("--assets", type=Path, default=None, help="plot folder (default docs/assets, quick: OUT/assets)")
     return parser

@@ -40,10 +40,10 @@ from mmbm.files import write_text_atomic
 from mmbm.model.checkpoint import load_checkpoint, load_tokenizer
 from mmbm.model.model import MMBM, PART_TASKS
 from mmbm.tokenizer import Tokenizer
-from mmbm.training.config import TASKS
 from mmbm.training.data import load_corpora
 from mmbm.training.distributed import Distributed
 from mmbm.training.objective import MultiTaskModule
+from mmbm.training.train_config import TASKS
 
 
 def _part_parameters(model: MMBM) -> dict[str, list[torch.nn.Parameter]]:
@@ -162,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     add("--speech-batch-size", type=int, default=16)
     add("--seed", type=int, default=0)
     add("--weights", type=float, nargs=3, default=(1.0, 1.0, 1.0), metavar=("CAPTION", "CONTRASTIVE", "CTC"),
-        help="the run's task weights (mmbm.train --caption-weight ...)")
+        help="the run's task weights (mmbm.training --caption-weight ...)")
     add("--init", action="store_true", help="measure the architecture freshly initialised instead")
     add("--threads", type=int, default=1)
     add("--json", type=Path, default=None, help="also write the summary here")

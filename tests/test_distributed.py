@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from mmbm.training.config import add_train_arguments, config_from_args
 from mmbm.training.logs import LOG_FILE
+from mmbm.training.train_config import add_train_arguments, config_from_args
 from mmbm.training.trainer import train
 from tests.training_corpora import make_image_corpus, make_speech_corpus
 
@@ -51,7 +51,7 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(
              "--mixing", mixing, "--grad-accum", str(grad_accum)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               "-m", "mmbm.train", "--out", str(tmp_path / "two"), *flags]
+               "-m", "mmbm.training", "--out", str(tmp_path / "two"), *flags]
     done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
 

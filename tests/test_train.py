@@ -17,12 +17,12 @@ from mmbm.errors import CheckpointError, ConfigError, DataError
 from mmbm.model.model import MMBM
 from mmbm.tokenizer import Tokenizer
 from mmbm.training import state as checkpoints
-from mmbm.training.config import TrainConfig, add_train_arguments, config_from_args
 from mmbm.training.data import EpochBatchSampler
 from mmbm.training.logs import LOG_FILE, PLOT_FILE, TENSORBOARD_DIR, RunLog
 from mmbm.training.mixing import plan_micro_steps
 from mmbm.training.objective import parameter_groups
 from mmbm.training.schedule import Schedule
+from mmbm.training.train_config import TrainConfig, add_train_arguments, config_from_args
 from mmbm.training.trainer import build_model, train
 from tests.training_corpora import make_image_corpus, make_speech_corpus, tiny_model_config, tiny_train_config
 

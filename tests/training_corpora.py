@@ -18,7 +18,7 @@ import soundfile
 from mmbm.config import ImageConfig, ModelConfig
 from mmbm.shapesworld.corpus import generate_image_corpus
 from mmbm.shapesworld.shapes import ShapesConfig
-from mmbm.training.config import TrainConfig
+from mmbm.training.train_config import TrainConfig
 
 SAMPLE_RATE = 16_000
 TRANSCRIPTS = ("a red circle", "two blue squares", "seven", "a green triangle above a star", "twelve", "one star")

@@ -2,7 +2,7 @@
 
 Owns ``Distributed`` (rank, world size, device; a single process is world size
 1 with no process group) and ``setup_distributed`` / ``teardown``. Under
-``torchrun --nproc-per-node N -m mmbm.train ...`` the environment variables
+``torchrun --nproc-per-node N -m mmbm.training ...`` the environment variables
 RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT are set; the process
 group uses NCCL on CUDA and gloo on the CPU. ``gather_with_grad`` concatenates
 a tensor from every rank with gradients flowing back to each rank's piece

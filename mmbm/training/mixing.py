@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from mmbm.errors import ConfigError
-from mmbm.training.config import TASKS, Mixing
+from mmbm.training.train_config import TASKS, Mixing
 
 IMAGE_TEXT_TASKS = frozenset({"caption", "retrieval"})
 

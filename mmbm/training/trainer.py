@@ -32,7 +32,6 @@ from mmbm.errors import CheckpointError, ConfigError
 from mmbm.model.model import MMBM, config_for_tokenizer
 from mmbm.tokenizer import Tokenizer
 from mmbm.training import state as checkpoints
-from mmbm.training.config import TrainConfig
 from mmbm.training.data import (
     BatchStream,
     Corpora,
@@ -49,6 +48,7 @@ from mmbm.training.mixing import MicroStep, plan_micro_steps
 from mmbm.training.objective import MultiTaskModule, parameter_groups
 from mmbm.training.schedule import Schedule
 from mmbm.training.state import TrainingState
+from mmbm.training.train_config import TrainConfig
 from mmbm.training.validation import ValidationResult, validate
 
 logger = logging.getLogger(__name__)

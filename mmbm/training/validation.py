@@ -27,8 +27,8 @@ from mmbm.decode.ctc import ctc_greedy
 from mmbm.evaluate.metrics import error_rates, recall_at_k
 from mmbm.model.model import MMBM
 from mmbm.tokenizer import Tokenizer
-from mmbm.training.config import StopMetric
 from mmbm.training.data import batched
+from mmbm.training.train_config import StopMetric
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,10 @@
-"""``python -m mmbm.train``: train MMBM on an image corpus and a speech corpus.
+"""``python -m mmbm.training``: train MMBM on an image corpus and a speech corpus.
 
-    python -m mmbm.train --preset tiny --images data/shapes --speech data/speech \\
+    python -m mmbm.training --preset tiny --images data/shapes --speech data/speech \\
         --out models/mmbm-tiny --max-steps 3000 --max-minutes 40 [--resume]
-    torchrun --nproc-per-node 2 -m mmbm.train ...   # the same run over 2 processes (DDP)
+    torchrun --nproc-per-node 2 -m mmbm.training ...   # the same run over 2 processes (DDP)
 
-Every flag is a field of mmbm.training.config.TrainConfig (``--batch-size`` is
+Every flag is a field of mmbm.training.train_config.TrainConfig (``--batch-size`` is
 ``batch_size``); ``--help`` lists them. Bad flags or data are refused with a
 message before any work. The loop lives in mmbm.training.trainer.
 """
@@ -17,12 +17,12 @@ import os
 import sys
 
 from mmbm.errors import MMBMError
-from mmbm.training.config import add_train_arguments, config_from_args
+from mmbm.training.train_config import add_train_arguments, config_from_args
 from mmbm.training.trainer import train
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mmbm.train", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="python -m mmbm.training", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_train_arguments(parser)
     args = parser.parse_args(argv)
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = train(config_from_args(args))
     except MMBMError as e:
-        logging.getLogger("mmbm.train").error("%s", e)
+        logging.getLogger("mmbm.training").error("%s", e)
         return 2
     if rank == 0:
         print(f"trained {result.steps} steps in {result.seconds / 60:.1f} min ({result.stop_reason}); "
