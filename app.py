@@ -3,7 +3,7 @@
 ``python app.py [--model models/mmbm-tiny] [--index models/gallery] [--host 127.0.0.1] [--port 7860]``
 
 A thin Gradio 6 front end over ``mmbm.pipeline``: the pipeline is loaded once at
-start-up and every event calls it; presentation helpers live in ``mmbm.ui_text``.
+start-up and every event calls it; presentation helpers live in ``mmbm.demo.views``.
 Library errors (``MMBMError``) reach the page as ``gr.Error`` with their plain
 message, never a traceback. The shipped gallery index is copied into a working
 directory first, so images people add never change the files in ``models/``.
@@ -28,16 +28,16 @@ from typing import Any
 import gradio as gr
 from gradio.utils import get_upload_folder
 
-from mmbm import ui_text
 from mmbm.decode.captions import DecodingOptions
 from mmbm.decode.ctc import CTCDecodingOptions, Lexicon
+from mmbm.demo import views
+from mmbm.demo.views import Pictures, Rows
 from mmbm.errors import MMBMError
 from mmbm.index.store import DB_NAME
 from mmbm.pipeline import Pipeline
 from mmbm.shapesworld.captions import VOCABULARY
 from mmbm.shapesworld.scene import COLOUR_RGB
 from mmbm.tokenizer import number_to_words
-from mmbm.ui_text import Pictures, Rows
 
 logger = logging.getLogger("mmbm.app")
 
@@ -146,34 +146,34 @@ class Demo:
         )
         image = self.pipeline.load_image(source)
         result = self.pipeline.caption(image, options)
-        seen = ui_text.model_view(image, self.pipeline.config.image)
-        return ui_text.caption_rows(result), ui_text.attention_gallery(result, seen)
+        seen = views.model_view(image, self.pipeline.config.image)
+        return views.caption_rows(result), views.attention_gallery(result, seen)
 
     @plain_errors
     def search(self, query: str, k: float) -> tuple[Pictures, Rows]:
         """Images matching a description: gallery of (thumbnail, "score · caption") and (rank, score, caption, id) rows."""
         hits = self.pipeline.search_text(query or "", int(k))
-        return ui_text.hit_gallery(hits), ui_text.hit_rows(hits)
+        return views.hit_gallery(hits), views.hit_rows(hits)
 
     @plain_errors
     def search_image(self, image: dict | str | None, k: float) -> tuple[Pictures, Rows]:
         hits = self.pipeline.search_image(_path_of(image, "image"), int(k))
-        return ui_text.hit_gallery(hits), ui_text.hit_rows(hits)
+        return views.hit_gallery(hits), views.hit_rows(hits)
 
     @plain_errors
     def search_voice(self, audio: str | None, k: float) -> tuple[str, Pictures, Rows]:
         """Transcribe what was said (ShapesWorld words), then search by it; returns what was heard first."""
         found = self.pipeline.search_audio(_path_of(audio, "audio"), int(k), *self._speech_options(SPEECH_METHODS[0]))
         heard = found.transcription.transcript.text
-        return heard, ui_text.hit_gallery(found.hits), ui_text.hit_rows(found.hits)
+        return heard, views.hit_gallery(found.hits), views.hit_rows(found.hits)
 
     @plain_errors
     def transcribe(self, audio: str | None, method: str) -> tuple[str, list[tuple[str, float | None]], str]:
         """Transcript, per-word (word and time span, confidence) highlights, and a summary with the real-time factor."""
         result = self.pipeline.transcribe(_path_of(audio, "audio"), *self._speech_options(method))
         transcript = result.transcript
-        summary = ui_text.transcript_summary(result.duration_s, result.seconds, result.rtf, transcript)
-        return transcript.text or "(no words recognised)", ui_text.word_highlights(transcript), summary
+        summary = views.transcript_summary(result.duration_s, result.seconds, result.rtf, transcript)
+        return transcript.text or "(no words recognised)", views.word_highlights(transcript), summary
 
     def _speech_options(self, method: str) -> tuple[CTCDecodingOptions, Lexicon | None]:
         if method not in SPEECH_METHODS:
@@ -191,11 +191,11 @@ class Demo:
         if len(paths) > MAX_ADD:
             raise refuse(f"Too many files at once: {len(paths)}; add at most {MAX_ADD} per call.")
         report = self.pipeline.add_images(paths, source="upload")
-        return public_message(ui_text.add_report_markdown(report)), self.index_stats()
+        return public_message(views.add_report_markdown(report)), self.index_stats()
 
     @plain_errors
     def index_stats(self) -> str:
-        return ui_text.stats_markdown(self.pipeline.index_stats())
+        return views.stats_markdown(self.pipeline.index_stats())
 
 
 # ----- the page, one function per tab ------------------------------------------------
@@ -349,7 +349,7 @@ def transcribe_tab(demo: Demo, search: SearchParts, tabs: gr.Tabs) -> None:
 
 
 def about_tab(demo: Demo) -> None:
-    card, metrics, diagram = ui_text.about_texts(demo.model_dir, REPO / "docs" / "model.md")
+    card, metrics, diagram = views.about_texts(demo.model_dir, REPO / "docs" / "model.md")
     config, pipeline = demo.pipeline.config, demo.pipeline
     n_parameters = sum(p.numel() for p in pipeline.model.parameters())  # tied weights are one Parameter
     gr.Markdown(
@@ -396,7 +396,7 @@ def load_demo(model_dir: Path, index_dir: Path | None, work_dir: Path, device: s
         shutil.copytree(index_dir, working_index, ignore=shutil.ignore_patterns("writer.lock"), dirs_exist_ok=True)
     pipeline = Pipeline.load(model_dir, working_index, device=device, create_index=index_dir is None)
     size = pipeline.config.image.image_size
-    examples, queries = ui_text.render_examples(work_dir / "examples", EXAMPLE_SCENES, size)
+    examples, queries = views.render_examples(work_dir / "examples", EXAMPLE_SCENES, size)
     return Demo(pipeline, shapes_lexicon(pipeline), model_dir, examples, queries)
 
 

@@ -4,7 +4,7 @@
     python -m bench.caption_peers compare --images data/shapes --lstm runs/bench/lstm \\
         --mmbm runs/bench/caption-attention [--limit N]
 
-``train_lstm`` trains mmbm.baselines.lstm_captioner as the seed tutorial does:
+``train_lstm`` trains bench.lstm_captioner as the seed tutorial does:
 cross-entropy on teacher-forced captions, Adam (lr 1e-3, no schedule), batches
 of 32 images with one of their five reference captions drawn at random, no
 augmentation, until a wall-clock budget runs out (the budget counts everything
@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mmbm.baselines.lstm_captioner import (
+from bench.lstm_captioner import (
     LSTMCaptioner,
     LSTMCaptionerConfig,
     build_vocabulary,

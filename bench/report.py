@@ -136,7 +136,7 @@ def caption_section(results: dict[str, Any], assets: Path, prefix: str) -> list[
     systems = {k: v for k, v in captions["systems"].items() if k not in results["caption_names"]["fusions"].values()
                or k == mmbm}
     lines = ["## Captioning: the seed's LSTM captioner and MMBM at the same wall clock", "",
-             f"`{lstm}`: mmbm/baselines/lstm_captioner.py, init-state style (CNN from scratch -> pooled 4x4 grid -> "
+             f"`{lstm}`: bench/lstm_captioner.py, init-state style (CNN from scratch -> pooled 4x4 grid -> "
              f"dense -> LSTM initial state), cross-entropy, Adam {results['lstm']['lr']:g}, batch "
              f"{results['lstm']['batch_size']}, no augmentation, trained for the "
              f"wall-clock minutes that `{mmbm}` (MMBM trained on captioning alone) took. Those minutes include "

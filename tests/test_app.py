@@ -30,8 +30,8 @@ from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
 import app  # noqa: E402
-from mmbm import ui_text  # noqa: E402
 from mmbm.audio import save_audio  # noqa: E402
+from mmbm.demo import views  # noqa: E402
 from mmbm.shapesworld.captions import canonical_caption, judge  # noqa: E402
 from tests.demo_world import (  # noqa: E402
     DemoWorld,
@@ -274,7 +274,7 @@ def test_about_shows_the_model_card_metrics_and_diagram(world: DemoWorld, tmp_pa
         "timing": {"caption_latency_ms": {"median": 21.5}, "transcription_rtf": {"median": 0.02}},
     }
     (model_dir / "metrics.json").write_text(json.dumps(metrics))
-    card, table, diagram = ui_text.about_texts(model_dir, app.REPO / "docs" / "model.md")
+    card, table, diagram = views.about_texts(model_dir, app.REPO / "docs" / "model.md")
     assert card.startswith("# mmbm-tiny") and "license" not in card
     for expected in (
         "91.2% / 75.0%",
@@ -286,7 +286,7 @@ def test_about_shows_the_model_card_metrics_and_diagram(world: DemoWorld, tmp_pa
     ):
         assert expected in table
     assert diagram.startswith("```") and "Backbone" in diagram
-    _, _, missing = ui_text.about_texts(model_dir, tmp_path / "no-model.md")
+    _, _, missing = views.about_texts(model_dir, tmp_path / "no-model.md")
     assert missing == f"No diagram ({tmp_path / 'no-model.md'} is missing)."
 
 
@@ -347,7 +347,7 @@ def test_trained_model_transcribes_a_held_out_voice_within_10_percent_cer(
     assert jiwer.cer(texts, heard) <= 0.10, list(zip(texts, heard, strict=True))
 
 
-# ----- the presentation helpers (mmbm/ui_text.py) ---------------------------------------
+# ----- the presentation helpers (mmbm/views.py) ---------------------------------------
 
 
 def test_heatmap_is_hottest_over_the_patch_the_word_attended() -> None:
@@ -356,19 +356,19 @@ def test_heatmap_is_hottest_over_the_patch_the_word_attended() -> None:
     grey = Image.new("RGB", (64, 64), (128, 128, 128))
     weights = np.full((8, 8), 0.2 / 63, np.float32)
     weights[2, 5] = 0.8  # row 2, column 5 of the 8x8 patch grid
-    overlay = np.asarray(ui_text.heatmap_overlay(grey, weights, size=160), dtype=np.float32)
+    overlay = np.asarray(views.heatmap_overlay(grey, weights, size=160), dtype=np.float32)
     change = np.abs(overlay - 128.0).sum(axis=-1)  # (160, 160)
     row, col = np.unravel_index(np.argmax(change), change.shape)
     assert (row // 20, col // 20) == (2, 5)  # 160 / 8 = 20 pixels per patch
     assert change[150, 10] < change[row, col] / 4  # a far, unattended corner barely changes
     with pytest.raises(ValueError, match="finite 2-D grid"):
-        ui_text.heatmap_overlay(grey, np.array([np.nan, 1.0]))
+        views.heatmap_overlay(grey, np.array([np.nan, 1.0]))
 
 
 def test_metrics_table_leaves_missing_figures_as_n_a() -> None:
-    table = ui_text.metrics_markdown(
+    table = views.metrics_markdown(
         {"captions": {"splits": {"test": {"faithful": 0.5, "complete": None, "bleu4": None, "cider": 0.812}}}}
     )
     assert "| captions, test split | faithful / complete | 50.0% / n/a |" in table
     assert "n/a / 0.812" in table
-    assert ui_text.metrics_markdown({}) == "metrics.json holds no caption, retrieval, speech or timing figures."
+    assert views.metrics_markdown({}) == "metrics.json holds no caption, retrieval, speech or timing figures."

@@ -13,17 +13,17 @@ import soundfile
 import torch
 
 from bench.caption_peers import train_lstm
-from bench.report import TABLES
-from bench.run_all import build_parser, main, resolve
-from bench.speech_peers import PocketSphinx, _grammar_words, noisy_copy, shapesworld_jsgf
-from mmbm.audio import load_audio, resample
-from mmbm.baselines.lstm_captioner import (
+from bench.lstm_captioner import (
     LSTMCaptioner,
     LSTMCaptionerConfig,
     load_lstm_captioner,
     pad_captions,
     save_lstm_captioner,
 )
+from bench.report import TABLES
+from bench.run_all import build_parser, main, resolve
+from bench.speech_peers import PocketSphinx, _grammar_words, noisy_copy, shapesworld_jsgf
+from mmbm.audio import load_audio, resample
 from mmbm.errors import CheckpointError, ConfigError
 from mmbm.image import load_image
 from mmbm.shapesworld.captions import VOCABULARY

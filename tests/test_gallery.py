@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from mmbm.demo.gallery import build_gallery
 from mmbm.errors import DataError
-from mmbm.gallery import build_gallery
 from mmbm.pipeline import Pipeline
 from mmbm.shapesworld.corpus import load_image_manifest
 from tests.random_model import make_checkpoint, make_image_corpus

@@ -8,7 +8,7 @@ temporary folder beside the target and renamed into place, so an interrupted
 build never leaves a half-written gallery behind. Imports the pipeline and the
 corpus loader; no gradio.
 
-    python -m mmbm.gallery --model models/mmbm-tiny --images data/shapes --out models/gallery
+    python -m mmbm.demo.gallery --model models/mmbm-tiny --images data/shapes --out models/gallery
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def build_gallery(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mmbm.gallery", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m mmbm.demo.gallery", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=Path("models/mmbm-tiny"))
     parser.add_argument("--images", type=Path, default=Path("data/shapes"), help="ShapesWorld corpus folder")
     parser.add_argument("--out", type=Path, default=Path("models/gallery"))
@@ -93,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         report = build_gallery(args.model, args.images, args.out, args.splits, args.overwrite, args.progress)
     except MMBMError as error:
-        print(f"mmbm.gallery: {error}", file=sys.stderr)
+        print(f"mmbm.demo.gallery: {error}", file=sys.stderr)
         return 2
     print(report)
     return 0

@@ -1,1 +1,0 @@
-"""Baseline models that MMBM is measured against (bench/): reimplementations, not MMBM code."""
