@@ -35,9 +35,7 @@ from mmbm.demo.views import Pictures, Rows
 from mmbm.errors import MMBMError
 from mmbm.index.store import DB_NAME
 from mmbm.pipeline import Pipeline
-from mmbm.shapesworld.captions import VOCABULARY
 from mmbm.shapesworld.scene import COLOUR_RGB
-from mmbm.tokenizer import number_to_words
 
 logger = logging.getLogger("mmbm.app")
 
@@ -384,11 +382,6 @@ def build_demo(demo: Demo) -> gr.Blocks:
 # ----- start-up ------------------------------------------------------------------------
 
 
-def shapes_lexicon(pipeline: Pipeline) -> Lexicon:
-    """Every ShapesWorld caption word and every number word up to 999: what the tiny model was trained to hear."""
-    return Lexicon.from_texts([*VOCABULARY, *(number_to_words(n) for n in range(1000))], pipeline.tokenizer)
-
-
 def load_demo(model_dir: Path, index_dir: Path | None, work_dir: Path, device: str = "auto") -> Demo:
     """Load the pipeline with a working copy of ``index_dir`` (an empty index when None) and render the examples."""
     working_index = work_dir / "gallery"
@@ -397,7 +390,7 @@ def load_demo(model_dir: Path, index_dir: Path | None, work_dir: Path, device: s
     pipeline = Pipeline.load(model_dir, working_index, device=device, create_index=index_dir is None)
     size = pipeline.config.image.image_size
     examples, queries = views.render_examples(work_dir / "examples", EXAMPLE_SCENES, size)
-    return Demo(pipeline, shapes_lexicon(pipeline), model_dir, examples, queries)
+    return Demo(pipeline, pipeline.lexicon, model_dir, examples, queries)
 
 
 def launch(blocks: gr.Blocks, work_dir: Path, host: str, port: int, prevent_thread_lock: bool = False) -> None:

@@ -25,10 +25,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from mmbm.config import ModelConfig
 from mmbm.decode.captions import DecodingOptions, generate_captions
-from mmbm.decode.ctc import CTCDecodingOptions, Lexicon, transcribe_features
+from mmbm.decode.ctc import CTCDecodingOptions, transcribe_features
 from mmbm.device import autocast
 from mmbm.model.checkpoint import load_checkpoint, load_tokenizer
 from mmbm.model.model import MMBM, config_for_tokenizer, summary_table
+from mmbm.pipeline import shapes_lexicon
 from mmbm.tokenizer import Tokenizer, train_tokenizer
 
 CAPTION_TOKENS = 12  # a typical ShapesWorld caption ("a small red circle above a large blue square" + eos)
@@ -107,7 +108,7 @@ def latency_rows(model: MMBM, tokenizer: Tokenizer, repeats: int) -> list[tuple[
             ms = median_ms(lambda o=options: generate_captions(model, pixels, tokenizer, o), repeats)
             rows.append((label, ms, f"{len(result.token_ids)} tokens"))
     features, lengths = audio_features(AUDIO_SECONDS, model.config.audio.n_mels)
-    lexicon = Lexicon.from_texts(sample_texts(), tokenizer)
+    lexicon = shapes_lexicon(tokenizer)  # the demo's and the evaluator's lexicon
     for label, options, lex in (
         ("greedy", CTCDecodingOptions(), None),
         ("prefix beam 8", CTCDecodingOptions(method="beam", beam_size=8), None),

@@ -72,8 +72,8 @@ def speech_section(results: dict[str, Any], assets: Path, prefix: str) -> list[s
     lines = ["## Speech: MMBM and pocketsphinx on the same clips", "",
              f"Model `{speech['model']}`; pocketsphinx 5.1.1 with its shipped en-us model, once as is and once held to "
              "the ShapesWorld JSGF grammar (`python -m bench.speech_peers --print-grammar`). MMBM decodes greedily and "
-             f"with its {speech['beam_size']}-prefix beam held to the {speech['lexicon_words']} words of the speech "
-             f"training transcripts. Noise: white, {speech['snr_db']:g} dB SNR, seeded per clip exactly as "
+             f"with its {speech['beam_size']}-prefix beam held to the {speech['lexicon_words']} words ShapesWorld "
+             f"says (the demo's and the evaluator's lexicon). Noise: white, {speech['snr_db']:g} dB SNR, seeded per clip exactly as "
              f"mmbm.evaluate does. RTF: median over the clips of wall time from the audio source to text / audio "
              f"seconds, every system in turn on each clip, {speech['threads']} torch thread(s).", ""]
     rows = []

@@ -8,7 +8,7 @@ white noise at 10 dB SNR (the evaluator's noise: ``add_noise`` seeded by
 (noise seed, clip index), so both systems hear the very same samples), and every
 real-speech manifest (8 kHz recordings are resampled to 16 kHz by
 ``mmbm.audio.load_audio``, as MMBM reads them). Systems: MMBM greedy and
-beam+lexicon (the evaluator's decoders; the lexicon comes from train.jsonl),
+beam+lexicon (the evaluator's decoders and its lexicon, ``Pipeline.lexicon``),
 pocketsphinx with its general English model (acoustic model, 3-gram LM, CMU
 dictionary as shipped), and pocketsphinx restricted to a JSGF grammar of the
 ShapesWorld language (captions plus the number phrases of the speech corpus) —
@@ -56,7 +56,7 @@ from mmbm.shapesworld.captions import (
     SIZE_WORDS,
 )
 from mmbm.shapesworld.scene import COLOURS, SHAPES
-from mmbm.shapesworld.speech import DIGIT_WORDS, NUMBER_WORDS
+from mmbm.shapesworld.words import DIGIT_WORDS, NUMBER_WORDS
 from mmbm.tokenizer import normalize_text
 
 logger = logging.getLogger(__name__)
@@ -246,13 +246,10 @@ def compare_speech(pipeline: Pipeline, sets: Sequence[SpeechSet], lexicon: Lexic
 def run_speech_peers(model_dir: Path, speech: Path, real_speech: Sequence[Path], limit: int | None = None,
                      snr_db: float = 10.0, noise_seed: int = 0, beam_size: int = 8, threads: int = 1,
                      progress: bool = True) -> dict[str, Any]:
-    """Load the model, build the lexicon as the evaluator does (SPEECH/train.jsonl) and compare on every set."""
-    train = speech / "train.jsonl"
-    if not train.is_file():
-        raise DataError(f"speech peers need the speech corpus: {train} is missing (MMBM's lexicon comes from it)")
+    """Load the model, take the evaluator's lexicon (``Pipeline.lexicon``) and compare on every set."""
     torch.set_num_threads(threads)
     pipeline = Pipeline.load(model_dir, device="cpu")
-    lexicon = Lexicon.from_texts((r.text for r in load_audio_manifest(train, missing="skip")), pipeline.tokenizer)
+    lexicon = pipeline.lexicon
     sets = speech_sets(speech, real_speech, snr_db)
     return {"model": str(model_dir), "identity": pipeline.identity, "threads": threads, "snr_db": snr_db,
             "noise_seed": noise_seed, "beam_size": beam_size, "limit": limit, "lexicon_words": lexicon.n_words,

@@ -21,6 +21,7 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,7 @@ from mmbm.index.image_index import AddReport, ImageIndex, IndexConfig, IndexStat
 from mmbm.index.store import DB_NAME
 from mmbm.model.checkpoint import CONFIG_NAME, TOKENIZER_NAME, WEIGHTS_NAME, load_checkpoint, load_tokenizer
 from mmbm.model.model import MMBM
+from mmbm.shapesworld.words import SPOKEN_WORDS
 from mmbm.tokenizer import Tokenizer, normalize_text
 
 logger = logging.getLogger(__name__)
@@ -65,6 +67,15 @@ class AudioSearchResult:
 
     transcription: TranscribeResult
     hits: list[SearchHit]
+
+
+def shapes_lexicon(tokenizer: Tokenizer) -> Lexicon:
+    """Every word ShapesWorld says (its caption vocabulary and the number words zero..twenty), spelled by ``tokenizer``.
+
+    The one lexicon the demo, the evaluator and the benchmarks restrict speech
+    decoding to; it comes from the grammar's constants, so the checkpoint alone is enough.
+    """
+    return Lexicon.from_texts(SPOKEN_WORDS, tokenizer)
 
 
 def model_identity(model_dir: str | os.PathLike[str]) -> str:
@@ -165,6 +176,11 @@ class Pipeline:
             pipeline.index = pipeline.open_index(index_dir, create=create_index)
         logger.info("loaded %s on %s (%s)", model_dir, torch_device, pipeline.identity[:19])
         return pipeline
+
+    @cached_property
+    def lexicon(self) -> Lexicon:
+        """``shapes_lexicon`` of this model's tokenizer, built on first use."""
+        return shapes_lexicon(self.tokenizer)
 
     def open_index(self, index_dir: str | os.PathLike[str], create: bool = False) -> ImageIndex:
         """Open (or, with ``create``, make) an index whose images are read as this model reads them."""

@@ -29,8 +29,9 @@ from mmbm.image import load_image
 from mmbm.shapesworld.captions import VOCABULARY
 from mmbm.shapesworld.corpus import generate_image_corpus, load_image_manifest
 from mmbm.shapesworld.shapes import ShapesConfig
-from mmbm.shapesworld.speech import NUMBER_WORDS, SpeechConfig, generate_speech_corpus
+from mmbm.shapesworld.speech import SpeechConfig, generate_speech_corpus
 from mmbm.shapesworld.tts import make_engine
+from mmbm.shapesworld.words import NUMBER_WORDS
 from mmbm.training.mixing import plan_micro_steps
 
 TINY_MODEL = ("--d-model 32 --n-layers 1 --n-heads 2 --d-ff 64 --patch-size 8 --vocab-size 256 --image-size 32 "

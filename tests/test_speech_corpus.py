@@ -17,7 +17,6 @@ import soundfile
 from mmbm.errors import ConfigError, DataError
 from mmbm.shapesworld import tts
 from mmbm.shapesworld.speech import (
-    NUMBER_WORDS,
     PAD_SECONDS,
     PEAK,
     SEEN_SPLITS,
@@ -35,6 +34,7 @@ from mmbm.shapesworld.speech import (
     trim_silence,
 )
 from mmbm.shapesworld.tts import ENGINE_NAMES, Voice, build_catalogue, make_engine, parse_voice
+from mmbm.shapesworld.words import NUMBER_WORDS
 from mmbm.tokenizer import normalize_text
 
 SR = 16_000

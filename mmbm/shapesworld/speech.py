@@ -43,15 +43,14 @@ from mmbm.config import SAMPLE_RATE, require
 from mmbm.errors import DataError, MMBMError
 from mmbm.files import write_text_atomic
 from mmbm.shapesworld.tts import ENGINE_NAMES, FAMILIES, TTSEngine, Voice, build_catalogue, make_engine
-from mmbm.tokenizer import normalize_text, number_to_words
+from mmbm.shapesworld.words import DIGIT_WORDS, NUMBER_WORDS
+from mmbm.tokenizer import normalize_text
 
 logger = logging.getLogger(__name__)
 
 SEEN_SPLITS = ("train", "val", "test")
 SPLITS = (*SEEN_SPLITS, "heldout")
 TEXT_SPLIT_BUCKETS = {"train": range(0, 8), "val": range(8, 9), "test": range(9, 10)}  # 80/10/10 of 10 hash buckets
-NUMBER_WORDS = tuple(number_to_words(n) for n in range(21))  # "zero" .. "twenty"
-DIGIT_WORDS = NUMBER_WORDS[:10]
 FRAME_SECONDS = 0.01  # trimming looks at 10 ms frames
 TRIM_DB = 40.0  # frames quieter than the loudest by more than this are silence
 PAD_SECONDS = 0.05  # silence kept on each side after trimming
