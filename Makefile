@@ -48,19 +48,20 @@ test: dev-deps system-deps-tts system-deps-browser
 # The default ShapesWorld corpus for the tiny model: 23k scenes (~1 min), then
 # ~4,900 spoken clips from five offline TTS engines (~25 min on 2 cores).
 data: dev-deps system-deps-tts
-	$(PY) -m mmbm.data shapes --out data/shapes
-	$(PY) -m mmbm.data speech --captions data/shapes --out data/speech
+	$(PY) -m mmbm.shapesworld shapes --out data/shapes
+	$(PY) -m mmbm.shapesworld speech --captions data/shapes --out data/speech
 
 # The shipped models/mmbm-tiny: the exact command its model card quotes.
 TRAIN_FLAGS := --preset tiny --images data/shapes --speech data/speech --out models/mmbm-tiny \
 	--checkpoint-dir runs/mmbm-tiny/checkpoints --max-steps 2400 --max-minutes 45 --seed 0 --speech-batch-size 32 \
 	--mixing sum --eval-every 200 --checkpoint-every 100 --precision fp32 --caption-weight 3
 train: data
-	$(PY) -m mmbm.train $(TRAIN_FLAGS)
+	$(PY) -m mmbm.training $(TRAIN_FLAGS)
 
-# The demo's default index over held-out scenes (val, test, compositional), shipped in models/gallery.
+# The demo's default index over held-out scenes (val, test, compositional) and its example scenes,
+# shipped beside the checkpoint in models/mmbm-tiny/gallery and models/mmbm-tiny/examples.
 gallery: data
-	$(PY) -m mmbm.gallery --model models/mmbm-tiny --images data/shapes --out models/gallery --overwrite
+	$(PY) -m mmbm.demo.gallery --model models/mmbm-tiny --images data/shapes --out models/mmbm-tiny/gallery --overwrite
 
 # Real recordings to score on, when present (never committed; see docs/training.md).
 REAL_SPEECH ?= $(wildcard ../shared/data/fsdd-dev/manifest.jsonl)

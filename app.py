@@ -1,12 +1,13 @@
 """The MMBM demo: caption an image, search a gallery by text, voice or image, transcribe speech.
 
-``python app.py [--model models/mmbm-tiny] [--index models/gallery] [--host 127.0.0.1] [--port 7860]``
+``python app.py [--model models/mmbm-tiny] [--index models/mmbm-tiny/gallery] [--host 127.0.0.1] [--port 7860]``
 
 A thin Gradio 6 front end over ``mmbm.pipeline``: the pipeline is loaded once at
 start-up and every event calls it; presentation helpers live in ``mmbm.demo.views``.
 Library errors (``MMBMError``) reach the page as ``gr.Error`` with their plain
 message, never a traceback. The shipped gallery index is copied into a working
-directory first, so images people add never change the files in ``models/``.
+directory first, so images people add never change the files in ``models/``; the
+example scenes are read as shipped beside the checkpoint (``mmbm.pipeline.load_examples``).
 Named API endpoints: /caption, /search, /search_image, /search_voice, /transcribe,
 /add_images, /index_stats (see docs/demo.md).
 """
@@ -33,15 +34,14 @@ from mmbm.decode.ctc import CTCDecodingOptions, Lexicon
 from mmbm.demo import views
 from mmbm.demo.views import Pictures, Rows
 from mmbm.errors import MMBMError
-from mmbm.index.store import DB_NAME
-from mmbm.pipeline import Pipeline
+from mmbm.pipeline import Pipeline, has_index, load_examples
 from mmbm.shapesworld.scene import COLOUR_RGB
 
 logger = logging.getLogger("mmbm.app")
 
 REPO = Path(__file__).resolve().parent
 DEFAULT_MODEL = Path("models/mmbm-tiny")
-DEFAULT_INDEX = Path("models/gallery")
+DEFAULT_INDEX = Path("models/mmbm-tiny/gallery")
 MAX_FILE_SIZE = "10mb"  # per upload; a 64x64 scene is ~10 kB, a minute of 48 kHz WAV ~6 MB
 MAX_ADD = 64  # images per add: one embedding batch, a few seconds on 2 cores
 QUEUE_SIZE = 64  # waiting requests beyond this are refused ("queue full") instead of piling up
@@ -54,7 +54,6 @@ SPEECH_GROUP = {"concurrency_limit": 1, "concurrency_id": "speech"}  # /transcri
 ADD_GROUP = {"concurrency_limit": 1, "concurrency_id": "add_images"}
 IMAGE_SOURCES = ["upload", "webcam", "clipboard"]
 AUDIO_SOURCES = ["microphone", "upload"]
-EXAMPLE_SCENES = (3, 7, 12, 21, 33, 48)  # test-split scenes of the default corpus: the model never trained on them
 CAPTION_METHODS = {"greedy": "greedy", "beam search": "beam", "sampling": "sample"}
 SPEECH_METHODS = ("beam + ShapesWorld words", "beam", "greedy")
 THEME = gr.themes.Soft(primary_hue="indigo", secondary_hue="blue")
@@ -110,7 +109,7 @@ class Demo:
     pipeline: Pipeline
     lexicon: Lexicon
     model_dir: Path
-    examples: list[str]  # rendered example scenes
+    examples: list[str]  # example scenes shipped with the checkpoint
     example_queries: list[str]
 
     @plain_errors
@@ -234,7 +233,8 @@ def caption_tab(demo: Demo) -> None:
             with gr.Tab("Photo"):
                 photo = gr.Image(sources=IMAGE_SOURCES, label="Image", height=280, elem_id="caption-image")
                 photo_button = gr.Button("Caption", variant="primary", elem_id="caption-button")
-                gr.Examples(demo.examples, inputs=photo, label="ShapesWorld scenes the model never trained on")
+                if demo.examples:
+                    gr.Examples(demo.examples, inputs=photo, label="ShapesWorld scenes the model never trained on")
             with gr.Tab("Draw"):
                 brush = gr.Brush(colors=palette, default_color=palette[0], color_mode="fixed", default_size=12)
                 sketch = gr.Sketchpad(
@@ -383,17 +383,16 @@ def build_demo(demo: Demo) -> gr.Blocks:
 
 
 def load_demo(model_dir: Path, index_dir: Path | None, work_dir: Path, device: str = "auto") -> Demo:
-    """Load the pipeline with a working copy of ``index_dir`` (an empty index when None) and render the examples."""
+    """Load the pipeline with a working copy of ``index_dir`` (an empty index when None) and the shipped examples."""
     working_index = work_dir / "gallery"
     if index_dir is not None:
         shutil.copytree(index_dir, working_index, ignore=shutil.ignore_patterns("writer.lock"), dirs_exist_ok=True)
     pipeline = Pipeline.load(model_dir, working_index, device=device, create_index=index_dir is None)
-    size = pipeline.config.image.image_size
-    examples, queries = views.render_examples(work_dir / "examples", EXAMPLE_SCENES, size)
-    return Demo(pipeline, pipeline.lexicon, model_dir, examples, queries)
+    examples = load_examples(model_dir)
+    return Demo(pipeline, pipeline.lexicon, model_dir, [str(e.image) for e in examples], [e.caption for e in examples])
 
 
-def launch(blocks: gr.Blocks, work_dir: Path, host: str, port: int, prevent_thread_lock: bool = False) -> None:
+def launch(blocks: gr.Blocks, demo: Demo, host: str, port: int, prevent_thread_lock: bool = False) -> None:
     """Serve ``blocks`` with the demo's upload limit, theme and file access (tests pass ``prevent_thread_lock``)."""
     blocks.launch(
         server_name=host,
@@ -401,7 +400,7 @@ def launch(blocks: gr.Blocks, work_dir: Path, host: str, port: int, prevent_thre
         max_file_size=MAX_FILE_SIZE,
         theme=THEME,
         css=CSS,
-        allowed_paths=[str(work_dir / "examples")],
+        allowed_paths=sorted({str(Path(path).parent) for path in demo.examples}),
         prevent_thread_lock=prevent_thread_lock,
         quiet=prevent_thread_lock,
     )
@@ -421,7 +420,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--work-dir",
         type=Path,
         default=None,
-        help="where the gallery copy and examples live (default: a temporary directory removed at exit)",
+        help="where the gallery copy lives (default: a temporary directory removed at exit)",
     )
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to serve on (default: %(default)s; 0.0.0.0 for all)"
@@ -435,8 +434,8 @@ def check_inputs(args: argparse.Namespace) -> str | None:
     """The one-line reason the app cannot start with these arguments, or None."""
     if not (args.model / "config.json").is_file():
         return f"no model at {args.model} (config.json is missing); train one with `python -m mmbm.training` or pass --model DIR"
-    if not args.empty_gallery and not (args.index / DB_NAME).is_file():
-        return f"no gallery index at {args.index} ({DB_NAME} is missing); pass --index DIR or --empty-gallery"
+    if not args.empty_gallery and not has_index(args.index):
+        return f"no gallery index at {args.index} (index.sqlite is missing); pass --index DIR or --empty-gallery"
     return None
 
 
@@ -454,7 +453,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"app.py: {e}", file=sys.stderr)
         return 2
     try:
-        launch(build_demo(demo), work_dir, args.host, args.port)
+        launch(build_demo(demo), demo, args.host, args.port)
     finally:
         demo.pipeline.close()
         if args.work_dir is None:

@@ -1,10 +1,10 @@
 """The demo's speed on this machine: cold start to serving, caption and search latency, transcription RTF.
 
-    .venv/bin/python bench/app_latency.py [--model models/mmbm-tiny] [--index models/gallery] [--repeats 21]
+    .venv/bin/python bench/app_latency.py [--model models/mmbm-tiny] [--index models/mmbm-tiny/gallery] [--repeats 21]
 
 Measures what docs/demo.md reports, each the way a user meets it:
 - cold start: wall time from spawning ``python app.py`` (a fresh interpreter: imports,
-  model load, gallery copy, example rendering, server start) until ``GET /`` answers 200;
+  model load, gallery copy, server start) until ``GET /`` answers 200;
 - caption: median server-side time of the /caption handler (``app.Demo.caption``:
   read the image, greedy decode with per-word attention, draw the heatmaps), on
   rendered test-split scenes; plus the median round trip through gradio_client over
@@ -144,7 +144,7 @@ def measure(model: Path, index: Path | None, repeats: int) -> dict[str, float | 
             results["transcription_rtf"] = None  # flite is missing: apt-get install -y flite
         blocks = app.build_demo(demo)
         port = free_port()
-        app.launch(blocks, work / "app", "127.0.0.1", port, prevent_thread_lock=True)
+        app.launch(blocks, demo, "127.0.0.1", port, prevent_thread_lock=True)
         try:
             client = Client(f"http://127.0.0.1:{port}", verbose=False)
             files = [handle_file(str(p)) for p in images]

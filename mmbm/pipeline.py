@@ -16,6 +16,7 @@ decoding, audio/image boundaries and the index; never gradio or training code.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import time
@@ -49,6 +50,8 @@ HASH_CHUNK = 1 << 20  # bytes read at a time when hashing checkpoint files
 IDENTITY_FILES = (CONFIG_NAME, WEIGHTS_NAME, TOKENIZER_NAME)  # everything an embedding depends on
 DEFAULT_DECODING = DecodingOptions()  # frozen, so sharing one default is safe
 DEFAULT_CTC = CTCDecodingOptions()
+EXAMPLES_DIR = "examples"  # beside a checkpoint's files: scenes for people to try (mmbm.demo.gallery writes them)
+EXAMPLES_FILE = "examples.json"  # [{"image": file name, "caption": text the scene makes true}, ...]
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,14 @@ class TranscribeResult:
     duration_s: float  # seconds of audio after resampling
     seconds: float  # wall time of the whole call: decode file, resample, log-mel, model, CTC search
     rtf: float  # real-time factor: seconds / duration_s (below 1 is faster than real time)
+
+
+@dataclass(frozen=True)
+class Example:
+    """A picture shipped with a checkpoint for people to try, and a description that is true of it."""
+
+    image: Path
+    caption: str
 
 
 @dataclass(frozen=True)
@@ -76,6 +87,23 @@ def shapes_lexicon(tokenizer: Tokenizer) -> Lexicon:
     decoding to; it comes from the grammar's constants, so the checkpoint alone is enough.
     """
     return Lexicon.from_texts(SPOKEN_WORDS, tokenizer)
+
+
+def load_examples(model_dir: str | os.PathLike[str]) -> list[Example]:
+    """The example scenes shipped in ``model_dir/examples``; none when the checkpoint ships none."""
+    path = Path(model_dir) / EXAMPLES_DIR / EXAMPLES_FILE
+    if not path.is_file():
+        return []
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+        return [Example(path.parent / row["image"], row["caption"]) for row in rows]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path} is not a list of {{image, caption}} rows: {e}") from e
+
+
+def has_index(index_dir: str | os.PathLike[str]) -> bool:
+    """Whether ``index_dir`` holds an image index that ``Pipeline.load`` can open."""
+    return (Path(index_dir) / DB_NAME).is_file()
 
 
 def model_identity(model_dir: str | os.PathLike[str]) -> str:

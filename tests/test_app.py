@@ -72,7 +72,7 @@ def serving(model_dir: Path, index_dir: Path | None, work_dir: Path) -> Iterator
     demo = app.load_demo(model_dir, index_dir, work_dir, device="cpu")
     blocks = app.build_demo(demo)
     port = free_port()
-    app.launch(blocks, work_dir, "127.0.0.1", port, prevent_thread_lock=True)
+    app.launch(blocks, demo, "127.0.0.1", port, prevent_thread_lock=True)
     try:
         yield Client(f"http://127.0.0.1:{port}", verbose=False), demo
     finally:

@@ -198,7 +198,7 @@ def served_walk(
     demo = app.load_demo(model_dir, index_dir, work / "app", device="cpu")
     blocks = app.build_demo(demo)
     port = free_port()
-    app.launch(blocks, work / "app", "127.0.0.1", port, prevent_thread_lock=True)
+    app.launch(blocks, demo, "127.0.0.1", port, prevent_thread_lock=True)
     try:
         clip, record_s = spoken_clip(work / "speech.wav")
         return walk_the_demo(playwright, f"http://127.0.0.1:{port}", image, query, clip, record_s, shots), record_s

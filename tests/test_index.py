@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from mmbm.demo.gallery import index_manifest
 from mmbm.errors import DataError, ImageError, SearchIndexError, TextError
 from mmbm.index.image_index import ImageIndex, IndexConfig, SearchConfig
 from mmbm.index.vectors import VectorSet
@@ -248,13 +249,13 @@ def test_manifest_rows_with_captions(tmp_path: Path) -> None:
     manifest = tmp_path / "m.jsonl"
     manifest.write_text("\n".join(json.dumps(r) for r in rows))
     with ImageIndex.create(tmp_path / "index", ColourEmbedder()) as index:
-        report = index.build_from_manifest(manifest, progress=False)
+        report = index_manifest(index, manifest, progress=False)
         assert len(report.added) == 3
         assert index.search_image(tmp_path / "images" / "1.png", k=1)[0].caption == "one blue circle"
         bad = tmp_path / "bad.jsonl"
         bad.write_text(json.dumps(rows[0]) + "\n{not json\n")
         with pytest.raises(DataError, match=r"bad\.jsonl:2"):
-            index.build_from_manifest(bad, progress=False)
+            index_manifest(index, bad, progress=False)
         assert index.stats().n_images == 3
 
 

@@ -1,6 +1,6 @@
 """Search on ShapesWorld with the shipped model and gallery: image -> image and audio -> image.
 
-The gallery (models/gallery) holds the val, test and compositional scenes of the
+The gallery (models/mmbm-tiny/gallery) holds the val, test and compositional scenes of the
 default corpus; the tests re-render test scenes exactly as the corpus does, so they
 know which gallery entry each query should find.
 """
@@ -17,7 +17,7 @@ from mmbm.errors import AudioError
 from mmbm.pipeline import Pipeline
 from mmbm.shapesworld.captions import canonical_caption
 
-GALLERY = REPO / "models" / "gallery"
+GALLERY = REPO / "models" / "mmbm-tiny" / "gallery"
 
 
 @pytest.fixture(scope="module")

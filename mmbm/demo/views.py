@@ -3,11 +3,10 @@
 Owns the demo's presentation that needs no web framework: caption and search-hit
 table rows, the per-word attention heatmap drawn over the image the model saw,
 transcript words with their timings and confidence, index statistics and add
-reports as markdown, the About texts (model card, headline table of a
-checkpoint's metrics.json, architecture diagram) and the example scenes. app.py
-calls these and hands the results to Gradio. Imports numpy, Pillow, the
-package's result types and the ShapesWorld renderer; never gradio, training
-code or the model itself.
+reports as markdown and the About texts (model card, headline table of a
+checkpoint's metrics.json, architecture diagram). app.py calls these and hands
+the results to Gradio. Imports numpy, Pillow and the package's result types;
+never gradio, training code, the corpus generator or the model itself.
 """
 
 from __future__ import annotations
@@ -27,9 +26,6 @@ from mmbm.decode.captions import CaptionResult
 from mmbm.decode.ctc import Transcript
 from mmbm.image import image_to_tensor
 from mmbm.index.image_index import AddReport, IndexStats, SearchHit
-from mmbm.shapesworld.captions import canonical_caption
-from mmbm.shapesworld.corpus import make_item
-from mmbm.shapesworld.shapes import ShapesConfig, render_scene
 
 Rows = list[list[Any]]  # a table's rows, as gr.Dataframe takes them
 Pictures = list[tuple[Image.Image, str]]  # (image, label) pairs, as gr.Gallery takes them
@@ -231,17 +227,3 @@ def about_texts(model_dir: Path, model_doc: Path) -> tuple[str, str, str]:
         metrics = metrics_markdown(json.loads(metrics_path.read_text(encoding="utf-8")))
     diagram = diagram_from_model_doc(model_doc.read_text(encoding="utf-8")) if model_doc.is_file() else None
     return card, metrics, f"```\n{diagram}\n```" if diagram else f"No diagram ({model_doc} is missing)."
-
-
-def render_examples(directory: Path, scene_ids: Sequence[int], size: int) -> tuple[list[str], list[str]]:
-    """Test-split scenes of the default corpus as PNGs in ``directory``, and the complete caption of each."""
-    directory.mkdir(parents=True, exist_ok=True)
-    config = ShapesConfig(image_size=size)
-    paths, captions = [], []
-    for k in scene_ids:
-        scene, _ = make_item(config, "test", k)
-        path = directory / f"scene-{k}.png"
-        render_scene(scene, size, config.supersample).save(path)
-        paths.append(str(path))
-        captions.append(canonical_caption(scene))
-    return paths, captions

@@ -13,9 +13,10 @@ stored image's is reported in ``AddReport.duplicates`` and not added again, so
 results never show the same image twice. Audio queries are a pipeline concern:
 transcribe, then call ``search_text``.
 
-Imports numpy, Pillow, tqdm and ``mmbm.image``, ``mmbm.data.adapters``,
-``mmbm.index.store``, ``mmbm.index.types``, ``mmbm.index.vectors``; never the
-model, training or gradio.
+Imports numpy, Pillow, tqdm and ``mmbm.image``, ``mmbm.index.store``,
+``mmbm.index.types``, ``mmbm.index.vectors``; never the model, a corpus reader
+(manifests are read by their callers: ``mmbm.demo.gallery.index_manifest``),
+training or gradio.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from mmbm.data.adapters import load_image_manifest
 from mmbm.errors import DataError, ImageError, SearchIndexError
 from mmbm.image import ImageSource, load_image
 from mmbm.index.store import CACHE_NAME, DB_NAME, MetadataStore, NewImage, WriterLock, read_cache, write_cache
@@ -265,28 +265,6 @@ class ImageIndex:
         if not files:
             raise DataError(f"image folder {folder} has no files")
         return self.add_images(files, source=source or f"folder:{folder}", batch_size=batch_size, progress=progress)
-
-    def build_from_manifest(
-        self,
-        manifest: str | os.PathLike,
-        source: str | None = None,
-        batch_size: int | None = None,
-        progress: bool = True,
-    ) -> AddReport:
-        """Add the images of a JSONL manifest (generic ``{"image", "text"}`` rows or ShapesWorld rows).
-
-        The first caption of each image is stored. Malformed rows raise ``DataError``
-        naming the line before anything is added; rows whose image file is missing
-        are left out with a logged warning (``mmbm.data.adapters``).
-        """
-        records = load_image_manifest(manifest)
-        return self.add_images(
-            [record.image_path for record in records],
-            captions=[record.captions[0] for record in records],
-            source=source or f"manifest:{manifest}",
-            batch_size=batch_size,
-            progress=progress,
-        )
 
     def remove(self, ids: Sequence[int]) -> None:
         """Remove images by id; if any id is unknown nothing is removed (``SearchIndexError``)."""
