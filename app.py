@@ -141,10 +141,8 @@ class Demo:
             temperature=float(temperature),
             return_attention=attention,
         )
-        image = self.pipeline.load_image(source)
-        result = self.pipeline.caption(image, options)
-        seen = views.model_view(image, self.pipeline.config.image)
-        return views.caption_rows(result), views.attention_gallery(result, seen)
+        view = self.pipeline.caption_view(source, options)
+        return views.caption_rows(view.result), views.attention_gallery(view.result, view.picture)
 
     @plain_errors
     def search(self, query: str, k: float) -> tuple[Pictures, Rows]:

@@ -3,7 +3,8 @@
 Owns the image boundary: ``load_image`` accepts what a user or the UI hands over,
 refuses anything broken with an ``ImageError`` that names the problem, and returns
 an 8-bit RGB ``PIL.Image``; ``image_to_tensor`` / ``images_to_batch`` resize and
-normalise RGB images into the (B, 3, S, S) float32 tensors the image stem reads.
+normalise RGB images into the (B, 3, S, S) float32 tensors the image stem reads,
+and ``tensor_to_image`` turns such pixels back into the picture the model saw.
 
 Safety: the pixel count is checked from the file header before any decoding, so a
 decompression bomb is never decoded, and Pillow's global state (MAX_IMAGE_PIXELS,
@@ -201,3 +202,12 @@ def images_to_batch(images: Sequence[Image.Image], config: ImageConfig) -> torch
     if len(images) == 0:
         raise ImageError("images_to_batch got no images")
     return torch.stack([image_to_tensor(image, config) for image in images])  # (B, 3, S, S)
+
+
+def tensor_to_image(pixels: torch.Tensor, config: ImageConfig) -> Image.Image:
+    """The RGB picture of (3, S, S) normalised pixels: what the model reads, after ``image_to_tensor``'s resize."""
+    values = pixels.numpy()  # (3, S, S), normalised
+    mean = np.asarray(config.mean, np.float32)[:, None, None]
+    std = np.asarray(config.std, np.float32)[:, None, None]
+    rgb = np.clip((values * std + mean) * 255.0, 0, 255).round().astype(np.uint8)
+    return Image.fromarray(rgb.transpose(1, 2, 0))

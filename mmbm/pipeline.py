@@ -34,7 +34,7 @@ from mmbm.decode.captions import CaptionResult, DecodingOptions, generate_captio
 from mmbm.decode.ctc import CTCDecodingOptions, Lexicon, Transcript, transcribe_features
 from mmbm.device import DeviceName, autocast, select_device
 from mmbm.errors import AudioError, CheckpointError, ImageError, SearchIndexError, TextError
-from mmbm.image import ImageSource, images_to_batch, load_image
+from mmbm.image import ImageSource, image_to_tensor, images_to_batch, load_image, tensor_to_image
 from mmbm.index.image_index import AddReport, ImageIndex, IndexConfig, IndexStats, SearchHit
 from mmbm.index.store import DB_NAME
 from mmbm.model.checkpoint import CONFIG_NAME, TOKENIZER_NAME, WEIGHTS_NAME, load_checkpoint, load_tokenizer
@@ -62,6 +62,14 @@ class TranscribeResult:
     duration_s: float  # seconds of audio after resampling
     seconds: float  # wall time of the whole call: decode file, resample, log-mel, model, CTC search
     rtf: float  # real-time factor: seconds / duration_s (below 1 is faster than real time)
+
+
+@dataclass(frozen=True)
+class CaptionView:
+    """A caption result and the square RGB picture the model read (the input resized, padded or cropped)."""
+
+    result: CaptionResult
+    picture: Image.Image  # (S, S) RGB, S = the model's image_size
 
 
 @dataclass(frozen=True)
@@ -140,10 +148,13 @@ class ModelEmbedder:
             raise TextError(f"the text query is too long: {len(ids)} tokens, the model reads at most {limit}")
         return ids
 
-    @torch.inference_mode()
     def embed_text(self, texts: Sequence[str]) -> np.ndarray:
         """(N,) strings -> (N, d_embed) float32."""
-        rows = [self.text_ids(text) for text in texts]
+        return self.embed_ids([self.text_ids(text) for text in texts])
+
+    @torch.inference_mode()
+    def embed_ids(self, rows: Sequence[list[int]]) -> np.ndarray:
+        """(N,) token-id rows from ``text_ids`` (bos ... eos) -> (N, d_embed) float32."""
         out = []
         for start in range(0, len(rows), EMBED_BATCH_SIZE):
             batch = rows[start : start + EMBED_BATCH_SIZE]
@@ -234,17 +245,34 @@ class Pipeline:
         """Caption one image (path, bytes, PIL image or array); ImageError when it cannot be read."""
         return self.caption_images([image], options)[0]
 
+    def caption_view(self, image: ImageSource, options: DecodingOptions = DEFAULT_DECODING) -> CaptionView:
+        """Caption one image and return the square picture the model read beside it (for attention heatmaps).
+
+        The image is read and turned into pixels once; the picture is those pixels, de-normalised.
+        """
+        pixels = image_to_tensor(load_image(image, self.config.image), self.config.image)  # (3, S, S)
+        result = self._caption_pixels(pixels[None], options)[0]
+        return CaptionView(result, tensor_to_image(pixels, self.config.image))
+
     def caption_images(
         self, images: Sequence[ImageSource], options: DecodingOptions = DEFAULT_DECODING
     ) -> list[CaptionResult]:
         """Caption several images, ``CAPTION_BATCH_SIZE`` at a time; one result per image, in order."""
-        loaded = [load_image(image, self.config.image) for image in images]
+        return self._caption_loaded([load_image(image, self.config.image) for image in images], options)
+
+    def _caption_loaded(
+        self, images: Sequence[Image.Image], options: DecodingOptions = DEFAULT_DECODING
+    ) -> list[CaptionResult]:
         results: list[CaptionResult] = []
-        for start in range(0, len(loaded), CAPTION_BATCH_SIZE):
-            pixels = images_to_batch(loaded[start : start + CAPTION_BATCH_SIZE], self.config.image).to(self.device)
-            with torch.inference_mode(), autocast(self.device):
-                results.extend(generate_captions(self.model, pixels, self.tokenizer, options))
+        for start in range(0, len(images), CAPTION_BATCH_SIZE):
+            pixels = images_to_batch(images[start : start + CAPTION_BATCH_SIZE], self.config.image)
+            results.extend(self._caption_pixels(pixels, options))
         return results
+
+    def _caption_pixels(self, pixels: torch.Tensor, options: DecodingOptions) -> list[CaptionResult]:
+        """(B, 3, S, S) normalised pixels -> one CaptionResult per image."""
+        with torch.inference_mode(), autocast(self.device):
+            return generate_captions(self.model, pixels.to(self.device), self.tokenizer, options)
 
     # ----- speech ------------------------------------------------------------------
 
@@ -276,8 +304,9 @@ class Pipeline:
     def search_text(self, query: str, k: int = 10) -> list[SearchHit]:
         """The ``k`` indexed images that best match ``query``; TextError when it is empty or too long."""
         index = self._require_index()
-        self.embedder.text_ids(query)  # refuse before touching the index
-        return index.search_text(query, k)
+        ids = self.embedder.text_ids(query)  # refuse before touching the index; the query is tokenized once
+        index.check_text_query(query, k)
+        return index.search_vector(self.embedder.embed_ids([ids])[0], k)
 
     def search_image(self, image: ImageSource, k: int = 10) -> list[SearchHit]:
         """The ``k`` indexed images most like ``image``; ImageError when it cannot be read."""
@@ -325,7 +354,7 @@ class Pipeline:
                 readable.append((i, load_image(images[i], self.config.image)))
             except ImageError:
                 continue  # the index skips it too, and reports why
-        for (i, _), result in zip(readable, self.caption_images([image for _, image in readable]), strict=True):
+        for (i, _), result in zip(readable, self._caption_loaded([image for _, image in readable]), strict=True):
             captions[i] = result.captions[0].text or None
         return captions
 

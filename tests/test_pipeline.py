@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from mmbm import pipeline as pipeline_module
 from mmbm.audio import save_audio
 from mmbm.decode.captions import CaptionResult, DecodingOptions
 from mmbm.decode.ctc import Transcript
@@ -48,6 +49,32 @@ def test_caption_returns_a_caption_per_image_and_batches_agree(pipeline: Pipelin
     assert [r.captions[0].token_ids for r in batch][0] == one.captions[0].token_ids
     beams = pipeline.caption(Image.open(records[1].image), DecodingOptions(method="beam", beam_size=3, n_best=2))
     assert len(beams.captions) == 2 and beams.captions[0].score >= beams.captions[1].score
+
+
+def test_caption_view_reads_the_image_once_and_shows_what_the_model_saw(
+    pipeline: Pipeline, world, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = world[1][0].image
+    expected = pipeline.caption(path, DecodingOptions(return_attention=True))
+    reads = []
+    real_load = pipeline_module.load_image
+    monkeypatch.setattr(pipeline_module, "load_image", lambda *args: reads.append(args) or real_load(*args))
+    view = pipeline.caption_view(path, DecodingOptions(return_attention=True))
+    assert len(reads) == 1
+    assert view.result.captions[0].token_ids == expected.captions[0].token_ids
+    size = pipeline.config.image.image_size
+    assert view.picture.size == (size, size) and view.picture.mode == "RGB"
+    assert np.array_equal(np.asarray(view.picture), np.asarray(Image.open(path).convert("RGB").resize((size, size))))
+
+
+def test_a_search_query_is_tokenized_once(pipeline: Pipeline, world, monkeypatch: pytest.MonkeyPatch) -> None:
+    pipeline.add_images([r.image for r in world[1][:3]])
+    expected = pipeline.index.search_text("a red circle", 2)
+    calls = []
+    real_encode = pipeline.tokenizer.encode
+    monkeypatch.setattr(pipeline.tokenizer, "encode", lambda *args, **kw: calls.append(args) or real_encode(*args, **kw))
+    assert pipeline.search_text("a red circle", 2) == expected
+    assert len(calls) == 1
 
 
 @pytest.mark.parametrize(

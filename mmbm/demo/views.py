@@ -21,10 +21,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from mmbm.config import ImageConfig
 from mmbm.decode.captions import CaptionResult
 from mmbm.decode.ctc import Transcript
-from mmbm.image import image_to_tensor
 from mmbm.index.image_index import AddReport, IndexStats, SearchHit
 
 Rows = list[list[Any]]  # a table's rows, as gr.Dataframe takes them
@@ -47,15 +45,6 @@ _DIAGRAM = re.compile(r"^## Diagram\s*\n+```[^\n]*\n(.*?)\n```", re.DOTALL | re.
 def caption_rows(result: CaptionResult) -> Rows:
     """[rank, caption, score] per caption, best first; score is the length-normalised log-probability."""
     return [[rank, c.text or "(empty caption)", round(c.score, 3)] for rank, c in enumerate(result.captions, 1)]
-
-
-def model_view(image: Image.Image, config: ImageConfig) -> Image.Image:
-    """The square RGB image the model reads (resized, padded or cropped as ``config`` says)."""
-    pixels = image_to_tensor(image, config).numpy()  # (3, S, S), normalised
-    mean = np.asarray(config.mean, np.float32)[:, None, None]
-    std = np.asarray(config.std, np.float32)[:, None, None]
-    rgb = np.clip((pixels * std + mean) * 255.0, 0, 255).round().astype(np.uint8)
-    return Image.fromarray(rgb.transpose(1, 2, 0))
 
 
 def heatmap_overlay(image: Image.Image, weights: np.ndarray, size: int = HEATMAP_SIZE) -> Image.Image:

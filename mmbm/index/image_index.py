@@ -284,10 +284,14 @@ class ImageIndex:
 
     def search_text(self, text: str, k: int = 10) -> list[SearchHit]:
         """Images best matching a description, best first."""
-        check_k(k, self.config.max_k)
-        check_query(text, self.config.max_query_chars)
+        self.check_text_query(text, k)
         vectors = check_embeddings(self.embedder.embed_text([text]), 1, self.embedder, "text")
         return self._search(vectors, k)
+
+    def check_text_query(self, text: str, k: int) -> None:
+        """Refuse a query ``search_text`` would refuse (bad ``k``, empty or overlong text) before any embedding."""
+        check_k(k, self.config.max_k)
+        check_query(text, self.config.max_query_chars)
 
     def search_image(self, image: ImageSource, k: int = 10) -> list[SearchHit]:
         """Images most similar to ``image`` (a path, PIL image, array or encoded bytes), best first."""
