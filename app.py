@@ -29,13 +29,18 @@ from typing import Any
 import gradio as gr
 from gradio.utils import get_upload_folder
 
-from mmbm.decode.captions import DecodingOptions
-from mmbm.decode.ctc import CTCDecodingOptions, Lexicon
 from mmbm.demo import views
 from mmbm.demo.views import Pictures, Rows
-from mmbm.errors import MMBMError
-from mmbm.pipeline import Pipeline, has_index, load_examples
-from mmbm.shapesworld.scene import COLOUR_RGB
+from mmbm.pipeline import (
+    COLOUR_RGB,
+    CTCDecodingOptions,
+    DecodingOptions,
+    Lexicon,
+    MMBMError,
+    Pipeline,
+    has_index,
+    load_examples,
+)
 
 logger = logging.getLogger("mmbm.app")
 

@@ -1,16 +1,22 @@
 """The one door to a trained MMBM: caption, transcribe, search and index images.
 
-Owns ``Pipeline`` (model, tokenizer, log-mel front end and optional image index,
-built once by ``Pipeline.load`` and passed around), its small results
-(``TranscribeResult``, ``AudioSearchResult``) and ``ModelEmbedder``, the adapter
-that gives ``mmbm.index.image_index`` the model's L2-normalised image and text embeddings
-under an identity (a sha256 of the checkpoint's config, weights and tokenizer),
-so an index refuses to mix vectors from two models. app.py, the CLI and the
-benchmarks call this module rather than the model. Every entry validates its input
-and raises the matching ``MMBMError`` subclass (``ImageError``, ``AudioError``,
-``TextError``, ``SearchIndexError``); inference runs under
-``torch.inference_mode`` with bf16 autocast on CUDA. Imports the model,
-decoding, audio/image boundaries and the index; never gradio or training code.
+Owns ``Pipeline`` (model, tokenizer, log-mel front end, the ShapesWorld word
+lexicon and an optional image index, built once by ``Pipeline.load`` and passed
+around), its small results (``TranscribeResult``, ``AudioSearchResult``,
+``CaptionView``), what ships beside a checkpoint for the demo (``load_examples``,
+``has_index``), the one speech lexicon (``shapes_lexicon``) and
+``ModelEmbedder``, the adapter that gives the index (``mmbm.index``) the model's
+L2-normalised image and text embeddings under an identity (a sha256 of the
+checkpoint's config, weights and tokenizer), so an index refuses to mix vectors
+from two models. app.py, the CLI and the benchmarks call this module rather than
+the model; app.py and ``mmbm.demo.views`` import nothing else from the package,
+so the option and result types of the layers below are re-exported here
+(``__all__``). Every entry validates its input and raises the matching
+``MMBMError`` subclass (``ImageError``, ``AudioError``, ``TextError``,
+``SearchIndexError``); inference runs under ``torch.inference_mode`` with bf16
+autocast on CUDA. Imports the model, decoding, the audio/image/text boundaries,
+the index and ShapesWorld's word lists; never gradio, corpora, evaluation or
+training code.
 """
 
 from __future__ import annotations
@@ -33,14 +39,42 @@ from mmbm.audio import AudioSource, LogMel, check_not_silent, load_audio
 from mmbm.decode.captions import CaptionResult, DecodingOptions, generate_captions
 from mmbm.decode.ctc import CTCDecodingOptions, Lexicon, Transcript, transcribe_features
 from mmbm.device import DeviceName, autocast, select_device
-from mmbm.errors import AudioError, CheckpointError, ImageError, SearchIndexError, TextError
+from mmbm.errors import AudioError, CheckpointError, ImageError, MMBMError, SearchIndexError, TextError
 from mmbm.image import ImageSource, image_to_tensor, images_to_batch, load_image, tensor_to_image
-from mmbm.index.image_index import AddReport, ImageIndex, IndexConfig, IndexStats, SearchHit
+from mmbm.index.image_index import ImageIndex
 from mmbm.index.store import DB_NAME
+from mmbm.index.types import AddReport, IndexConfig, IndexStats, SearchHit
 from mmbm.model.checkpoint import CONFIG_NAME, TOKENIZER_NAME, WEIGHTS_NAME, load_checkpoint, load_tokenizer
 from mmbm.model.model import MMBM
+from mmbm.shapesworld.scene import COLOUR_RGB
 from mmbm.shapesworld.words import SPOKEN_WORDS
 from mmbm.tokenizer import Tokenizer, normalize_text
+
+__all__ = [
+    # this module
+    "AudioSearchResult",
+    "CaptionView",
+    "Example",
+    "ModelEmbedder",
+    "Pipeline",
+    "TranscribeResult",
+    "has_index",
+    "load_embedder",
+    "load_examples",
+    "model_identity",
+    "shapes_lexicon",
+    # option and result types of the layers below, for app.py and mmbm.demo
+    "COLOUR_RGB",
+    "AddReport",
+    "CTCDecodingOptions",
+    "CaptionResult",
+    "DecodingOptions",
+    "IndexStats",
+    "Lexicon",
+    "MMBMError",
+    "SearchHit",
+    "Transcript",
+]
 
 logger = logging.getLogger(__name__)
 

@@ -5,8 +5,8 @@ table rows, the per-word attention heatmap drawn over the image the model saw,
 transcript words with their timings and confidence, index statistics and add
 reports as markdown and the About texts (model card, headline table of a
 checkpoint's metrics.json, architecture diagram). app.py calls these and hands
-the results to Gradio. Imports numpy, Pillow and the package's result types;
-never gradio, training code, the corpus generator or the model itself.
+the results to Gradio. Imports numpy, Pillow and the result types that
+``mmbm.pipeline`` re-exports; nothing else from the package, and never gradio.
 """
 
 from __future__ import annotations
@@ -21,9 +21,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from mmbm.decode.captions import CaptionResult
-from mmbm.decode.ctc import Transcript
-from mmbm.index.image_index import AddReport, IndexStats, SearchHit
+from mmbm.pipeline import AddReport, CaptionResult, IndexStats, SearchHit, Transcript
 
 Rows = list[list[Any]]  # a table's rows, as gr.Dataframe takes them
 Pictures = list[tuple[Image.Image, str]]  # (image, label) pairs, as gr.Gallery takes them
