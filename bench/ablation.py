@@ -32,10 +32,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.parameters import PART_TASKS, parameter_counts
 from mmbm.errors import ConfigError, MMBMError
 from mmbm.evaluate.evaluator import EvaluateConfig, run_evaluation, write_metrics
 from mmbm.files import write_text_atomic
-from mmbm.model.model import MMBM, PART_TASKS, parameter_counts
+from mmbm.model.model import MMBM
 from mmbm.training import state as checkpoints
 
 logger = logging.getLogger(__name__)

@@ -41,13 +41,13 @@ from bench.lstm_captioner import (
     parameter_count,
     save_lstm_captioner,
 )
+from bench.parameters import PART_TASKS, parameter_counts
 from mmbm.decode.captions import DecodingOptions
 from mmbm.errors import ConfigError
 from mmbm.evaluate.evaluator import CAPTION_SPLITS
 from mmbm.evaluate.measure import CaptionMetrics, caption_truth, evaluate_captions
 from mmbm.files import write_text_atomic
 from mmbm.image import image_to_tensor, load_image
-from mmbm.model.model import PART_TASKS, parameter_counts
 from mmbm.pipeline import Pipeline
 from mmbm.shapesworld.corpus import ImageRecord, load_image_manifest
 

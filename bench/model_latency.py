@@ -23,12 +23,13 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from bench.parameters import summary_table
 from mmbm.config import ModelConfig
 from mmbm.decode.captions import DecodingOptions, generate_captions
 from mmbm.decode.ctc import CTCDecodingOptions, transcribe_features
 from mmbm.device import autocast
 from mmbm.model.checkpoint import load_checkpoint, load_tokenizer
-from mmbm.model.model import MMBM, config_for_tokenizer, summary_table
+from mmbm.model.model import MMBM, config_for_tokenizer
 from mmbm.pipeline import shapes_lexicon
 from mmbm.tokenizer import Tokenizer, train_tokenizer
 

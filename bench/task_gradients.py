@@ -6,7 +6,7 @@
 For each of ``--batches`` fixed training batches (no augmentation; 32 image-caption
 pairs and 16 clips, the trainer's defaults), computes each task's loss on the model
 exactly as training does (mmbm.training.objective.MultiTaskModule) and that task's
-gradient alone. Reported per model part (mmbm.model.model.PART_TASKS):
+gradient alone. Reported per model part (bench.parameters.PART_TASKS):
 - the median gradient norm of each task over the batches;
 - on parts that two or more tasks read, the median cosine between task gradients
   (negative: the tasks pull the shared weights in opposite directions);
@@ -34,11 +34,12 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from bench.parameters import PART_TASKS
 from mmbm.data.datasets import RetrievalDataset, SpeechDataset
 from mmbm.errors import ConfigError, MMBMError
 from mmbm.files import write_text_atomic
 from mmbm.model.checkpoint import load_checkpoint, load_tokenizer
-from mmbm.model.model import MMBM, PART_TASKS
+from mmbm.model.model import MMBM
 from mmbm.tokenizer import Tokenizer
 from mmbm.training.data import load_corpora
 from mmbm.training.distributed import Distributed

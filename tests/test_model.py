@@ -7,11 +7,12 @@ import math
 import pytest
 import torch
 
+from bench.parameters import parameter_counts, shared_fraction
 from mmbm.config import FUSIONS, ImageConfig, ModelConfig
 from mmbm.device import autocast, select_device
 from mmbm.errors import AudioError, ConfigError, ImageError, TextError
 from mmbm.model.losses import caption_loss, contrastive_loss, ctc_loss, token_accuracy
-from mmbm.model.model import MMBM, parameter_counts, shared_fraction
+from mmbm.model.model import MMBM
 
 torch.set_num_threads(1)
 

@@ -20,7 +20,6 @@ serving or UI code; transformers is imported only when a pretrained stem is aske
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,19 +38,6 @@ from mmbm.model.stems import AudioStem, ImageStem, TextStem
 
 if TYPE_CHECKING:
     from mmbm.tokenizer import Tokenizer
-
-# Which tasks read each top-level part; a part read by two or more tasks is "shared".
-PART_TASKS: dict[str, tuple[str, ...]] = {
-    "backbone": ("caption", "retrieval", "speech"),
-    "image_stem": ("caption", "retrieval"),
-    "text_stem": ("caption", "retrieval"),
-    "audio_stem": ("speech",),
-    "fusion": ("caption",),
-    "caption_output": ("caption",),  # absent when tied to the text embedding
-    "retrieval": ("retrieval",),
-    "ctc_head": ("speech",),
-}
-
 
 @dataclass(frozen=True)
 class CTCOutput:
@@ -290,51 +276,3 @@ def config_for_tokenizer(config: ModelConfig, tokenizer: Tokenizer) -> ModelConf
         eos_id=tokenizer.eos_id,
         blank_id=tokenizer.blank_id,
     )
-
-
-def parameter_counts(model: MMBM) -> dict[str, int]:
-    """Parameters per top-level part (PART_TASKS order); tied weights count once."""
-    counts = {name: 0 for name in PART_TASKS}
-    for name, module in model.named_children():
-        counts[name] = sum(p.numel() for p in module.parameters())
-    return counts
-
-
-def shared_fraction(model: MMBM) -> float:
-    """Fraction of parameters in parts read by two or more tasks (see PART_TASKS)."""
-    counts = parameter_counts(model)
-    shared = sum(n for name, n in counts.items() if len(PART_TASKS[name]) > 1)
-    return shared / sum(counts.values())
-
-
-def summary_table(configs: dict[str, ModelConfig]) -> str:
-    """Markdown table of parameter counts by part for each named config (built on the meta device)."""
-    columns = {}
-    for label, config in configs.items():
-        with torch.device("meta"):
-            model = MMBM(config)
-        columns[label] = (parameter_counts(model), shared_fraction(model))
-    lines = ["| part | tasks | " + " | ".join(columns) + " |", "|---|---|" + "---:|" * len(columns)]
-    for part, tasks in PART_TASKS.items():
-        cells = " | ".join(f"{counts[part]:,}" for counts, _ in columns.values())
-        lines.append(f"| {part} | {', '.join(tasks)} | {cells} |")
-    lines.append("| **total** | | " + " | ".join(f"{sum(c.values()):,}" for c, _ in columns.values()) + " |")
-    lines.append("| shared fraction | | " + " | ".join(f"{f:.1%}" for _, f in columns.values()) + " |")
-    return "\n".join(lines)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description="Describe the MMBM presets.")
-    parser.add_argument("--summary", action="store_true", help="print parameter counts by part for tiny and base")
-    args = parser.parse_args()
-    if args.summary:
-        presets = {"tiny": ModelConfig.tiny(), "base": ModelConfig.base()}
-        for fusion in ("concat", "multiply"):
-            presets[f"tiny ({fusion})"] = ModelConfig.tiny(fusion=fusion)
-        print(summary_table(presets))
-    else:
-        parser.print_help()
-
-
-if __name__ == "__main__":
-    main()
