@@ -36,7 +36,7 @@ from bench.parameters import PART_TASKS, parameter_counts
 from mmbm.errors import ConfigError, MMBMError
 from mmbm.evaluate.evaluator import EvaluateConfig, run_evaluation, write_metrics
 from mmbm.files import write_text_atomic
-from mmbm.model.model import MMBM
+from mmbm.model.checkpoint import load_checkpoint
 from mmbm.training import state as checkpoints
 
 logger = logging.getLogger(__name__)
@@ -152,7 +152,7 @@ def train_run(run: TrainingRun, root: Path, budget: Budget) -> dict[str, Any]:
 
 def model_size(model_dir: Path) -> dict[str, Any]:
     """Parameters by part, by task (every part a task reads) and in all, with fp32 weight megabytes."""
-    model = MMBM.from_pretrained(model_dir, device="cpu")
+    model = load_checkpoint(model_dir, device="cpu")
     parts = parameter_counts(model)
     by_task = {task: sum(n for part, n in parts.items() if task in PART_TASKS[part]) for task in TASKS}
     total = sum(parts.values())

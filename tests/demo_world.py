@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from mmbm.config import ModelConfig
+from mmbm.model.checkpoint import save_checkpoint
 from mmbm.model.model import MMBM, config_for_tokenizer
 from mmbm.pipeline import Pipeline
 from mmbm.shapesworld.captions import VOCABULARY
@@ -67,7 +68,7 @@ def make_random_checkpoint(directory: Path, texts: list[str], seed: int = 0) -> 
     words = [*texts, " ".join(VOCABULARY), *(number_to_words(n) for n in range(100))]
     tokenizer = train_tokenizer(words, vocab_size=160)
     torch.manual_seed(seed)
-    MMBM(config_for_tokenizer(ModelConfig.tiny(**SMALL), tokenizer)).eval().save_pretrained(directory, tokenizer)
+    save_checkpoint(MMBM(config_for_tokenizer(ModelConfig.tiny(**SMALL), tokenizer)).eval(), directory, tokenizer)
     return directory
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from mmbm.config import AudioConfig, ImageConfig, ModelConfig
+from mmbm.model.checkpoint import save_checkpoint
 from mmbm.model.model import MMBM, config_for_tokenizer
 from mmbm.shapesworld.corpus import generate_image_corpus
 from mmbm.shapesworld.shapes import ShapesConfig
@@ -40,5 +41,5 @@ def make_checkpoint(directory: Path, captions: Sequence[str], seed: int = 0) -> 
     tokenizer = train_tokenizer([*captions, *NUMBER_WORDS], vocab_size=120)
     config = ModelConfig.tiny(**SMALL, image=ImageConfig(image_size=32), audio=AudioConfig(n_mels=32))
     torch.manual_seed(seed)
-    MMBM(config_for_tokenizer(config, tokenizer)).eval().save_pretrained(directory, tokenizer)
+    save_checkpoint(MMBM(config_for_tokenizer(config, tokenizer)).eval(), directory, tokenizer)
     return directory

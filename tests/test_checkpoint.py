@@ -53,13 +53,13 @@ def test_save_then_load_gives_identical_outputs(tmp_path: Path, tokenizer: Token
     model = small_model(tokenizer, fusion=fusion)
     with torch.no_grad():
         model.retrieval.logit_scale.fill_(3.0)  # a trained value, not the init
-    model.save_pretrained(tmp_path / "ckpt", tokenizer=tokenizer)
+    save_checkpoint(model, tmp_path / "ckpt", tokenizer)
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [
         "config.json",
         "model.safetensors",
         "tokenizer.json",
     ]
-    loaded = MMBM.from_pretrained(tmp_path / "ckpt")
+    loaded = load_checkpoint(tmp_path / "ckpt")
     assert loaded.config == model.config and not loaded.training
     assert loaded.retrieval.logit_scale.item() == 3.0
     assert_same_outputs(model, loaded, tokenizer)
@@ -122,16 +122,16 @@ def saved(tmp_path: Path, tokenizer: Tokenizer) -> Path:
 
 def test_missing_folder_or_files_name_what_is_missing(tmp_path: Path, saved: Path) -> None:
     with pytest.raises(CheckpointError, match="checkpoint directory not found: .*nowhere"):
-        MMBM.from_pretrained(tmp_path / "nowhere")
+        load_checkpoint(tmp_path / "nowhere")
     (saved / "tokenizer.json").unlink()
     with pytest.raises(CheckpointError, match="missing tokenizer.json"):
         load_tokenizer(saved)
     (saved / "model.safetensors").unlink()
     with pytest.raises(CheckpointError, match="missing model.safetensors"):
-        MMBM.from_pretrained(saved)
+        load_checkpoint(saved)
     (saved / "config.json").unlink()
     with pytest.raises(CheckpointError, match="missing config.json"):
-        MMBM.from_pretrained(saved)
+        load_checkpoint(saved)
 
 
 @pytest.mark.parametrize(
@@ -146,20 +146,20 @@ def test_missing_folder_or_files_name_what_is_missing(tmp_path: Path, saved: Pat
 def test_a_broken_config_is_refused_by_name(saved: Path, text: str, message: str) -> None:
     (saved / "config.json").write_text(text)
     with pytest.raises(CheckpointError, match=message):
-        MMBM.from_pretrained(saved)
+        load_checkpoint(saved)
 
 
 def test_truncated_weights_are_refused(saved: Path) -> None:
     path = saved / "model.safetensors"
     path.write_bytes(path.read_bytes()[:-100])
     with pytest.raises(CheckpointError, match="model.safetensors is truncated or not a safetensors file"):
-        MMBM.from_pretrained(saved)
+        load_checkpoint(saved)
 
 
 def test_a_pickle_is_never_loaded(saved: Path) -> None:
     torch.save({"text_stem.token.weight": torch.zeros(3)}, saved / "model.safetensors")
     with pytest.raises(CheckpointError, match="not a safetensors file"):
-        MMBM.from_pretrained(saved)
+        load_checkpoint(saved)
 
 
 def test_weights_that_do_not_fit_the_config_are_refused(saved: Path) -> None:
@@ -168,18 +168,18 @@ def test_weights_that_do_not_fit_the_config_are_refused(saved: Path) -> None:
     with pytest.raises(
         CheckpointError, match=r"does not match config.json: .*shape mismatch.*mlp.fc.weight \(64, 32\) != \(96, 32\)"
     ):
-        MMBM.from_pretrained(saved)
+        load_checkpoint(saved)
     (saved / "config.json").write_text(json.dumps({**config, "n_layers": 3}))
     with pytest.raises(CheckpointError, match=r"missing \d+ tensor\(s\), e.g. \['backbone.blocks.2"):
-        MMBM.from_pretrained(saved)
+        load_checkpoint(saved)
     (saved / "config.json").write_text(json.dumps({**config, "fusion": "concat"}))
     with pytest.raises(CheckpointError, match=r"missing 2 tensor\(s\), e.g. \['fusion.combine.bias'"):
-        MMBM.from_pretrained(saved)
+        load_checkpoint(saved)
     (saved / "config.json").write_text(json.dumps(config))
     tensors = load_file(str(saved / "model.safetensors"))
     save_file({**tensors, "extra.weight": torch.zeros(2)}, str(saved / "model.safetensors"))
     with pytest.raises(CheckpointError, match=r"1 unexpected tensor\(s\), e.g. \['extra.weight'\]"):
-        MMBM.from_pretrained(saved)
+        load_checkpoint(saved)
 
 
 # ----- pretrained stems (transformers, offline) ---------------------------------------
@@ -225,10 +225,10 @@ def test_pretrained_stems_load_offline_run_and_round_trip(
     out = model(pixels, ids)
     assert out.caption_logits.shape == (2, ids.shape[1], tokenizer.vocab_size)
     assert torch.isfinite(out.caption_logits).all() and torch.isfinite(out.image_embeds).all()
-    model.save_pretrained(tmp_path / "ckpt", tokenizer)
+    save_checkpoint(model, tmp_path / "ckpt", tokenizer)
     assert (tmp_path / "ckpt" / "image_encoder" / "config.json").is_file()
     assert not (tmp_path / "ckpt" / "image_encoder" / "model.safetensors").exists()
-    loaded = MMBM.from_pretrained(tmp_path / "ckpt")  # rebuilt from the saved configs alone
+    loaded = load_checkpoint(tmp_path / "ckpt")  # rebuilt from the saved configs alone
     assert_same_outputs(model, loaded, tokenizer)
 
 

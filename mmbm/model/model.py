@@ -14,15 +14,15 @@ The captioner's ``fusion`` decides how text meets the image: "attention" runs
 image patch); "concat" and "multiply" mix a pooled image vector into each text
 embedding, then run text alone under a causal mask. All three use the same
 backbone. Decoding (mmbm.decode.captions, mmbm.decode.ctc) drives ``start_caption`` and
-``caption_step``; checkpoints go through mmbm.model.checkpoint. Imports no training,
-serving or UI code; transformers is imported only when a pretrained stem is asked for.
+``caption_step``; ``mmbm.model.checkpoint`` saves and loads it (it imports this
+module, never the reverse). Imports no training, serving or UI code; transformers
+is imported only when a pretrained stem is asked for.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -38,6 +38,7 @@ from mmbm.model.stems import AudioStem, ImageStem, TextStem
 
 if TYPE_CHECKING:
     from mmbm.tokenizer import Tokenizer
+
 
 @dataclass(frozen=True)
 class CTCOutput:
@@ -249,21 +250,6 @@ class MMBM(nn.Module):
         tokens, lengths = self.audio_stem(features, feature_lengths)  # (B, T', D), (B,)
         hidden = self.backbone(tokens, padding_mask(lengths, tokens.shape[1])).hidden  # (B, T', D)
         return CTCOutput(self.ctc_head(hidden), lengths)
-
-    # ----- checkpoints ---------------------------------------------------------------
-
-    def save_pretrained(self, directory: str | Path, tokenizer: Tokenizer | None = None) -> Path:
-        """Write config.json + model.safetensors (+ tokenizer.json) into ``directory``."""
-        from mmbm.model.checkpoint import save_checkpoint
-
-        return save_checkpoint(self, directory, tokenizer)
-
-    @classmethod
-    def from_pretrained(cls, directory: str | Path, device: str | torch.device | None = None) -> MMBM:
-        """Load a checkpoint written by ``save_pretrained``, offline; never unpickles."""
-        from mmbm.model.checkpoint import load_checkpoint
-
-        return load_checkpoint(directory, device)
 
 
 def config_for_tokenizer(config: ModelConfig, tokenizer: Tokenizer) -> ModelConfig:

@@ -2,14 +2,14 @@
 
 Owns ``TrainingState`` (step, data positions, schedule, early-stopping record,
 elapsed time), ``save_checkpoint`` and ``load_latest``. A checkpoint is a folder
-``step-0000123/`` holding the model as the model writes itself
-(``save_pretrained``: config.json, model.safetensors, tokenizer.json) and
+``step-0000123/`` holding the model as ``mmbm.model.checkpoint`` writes it
+(config.json, model.safetensors, tokenizer.json) and
 ``training_state.pt``: optimizer state, RNG states of every process, the
 TrainingState and the run's config, saved with ``torch.save`` and read back with
 ``torch.load(weights_only=True)``, which accepts tensors and plain containers
 only. The folder is written under a temporary name and renamed when complete,
 so a crash mid-save leaves the previous checkpoint as the newest loadable one.
-Imports ``mmbm.model.model`` and ``mmbm.errors``; never the trainer.
+Imports ``mmbm.model`` and ``mmbm.errors``; never the trainer.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ import numpy as np
 import torch
 
 from mmbm.errors import CheckpointError
+from mmbm.model.checkpoint import load_checkpoint as load_model
+from mmbm.model.checkpoint import save_checkpoint as save_model
 from mmbm.model.model import MMBM
 from mmbm.tokenizer import Tokenizer
 
@@ -108,7 +110,7 @@ def save_checkpoint(root: str | os.PathLike[str], model: MMBM, tokenizer: Tokeni
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        model.save_pretrained(tmp, tokenizer)
+        save_model(model, tmp, tokenizer)
         payload = {"format": STATE_FORMAT, "state": state.to_dict(), "optimizer": optimizer.state_dict(),
                    "rng": rng_states, "config": config}
         with open(tmp / STATE_FILE, "wb") as f:
@@ -154,7 +156,7 @@ def load_checkpoint(path: str | os.PathLike[str], device: torch.device | str = "
         raise CheckpointError(f"{str(state_path)!r} is not a {STATE_FORMAT} file")
     return Checkpoint(
         path=path,
-        model=MMBM.from_pretrained(path, device),
+        model=load_model(path, device),
         tokenizer=Tokenizer.load(path / "tokenizer.json"),
         optimizer=payload["optimizer"],
         state=TrainingState.from_dict(payload["state"]),

@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from mmbm.device import autocast
 from mmbm.errors import CheckpointError, ConfigError
+from mmbm.model.checkpoint import save_checkpoint
 from mmbm.model.model import MMBM, config_for_tokenizer
 from mmbm.tokenizer import Tokenizer
 from mmbm.training import state as checkpoints
@@ -253,7 +254,7 @@ def _evaluate(run: Run) -> bool:
         score = result.score(run.config.early_stop_metric)
         if state.best_metric is None or score > state.best_metric:
             state.best_metric, state.best_step, state.bad_evals = score, state.step, 0
-            run.model.save_pretrained(run.config.out, run.tokenizer)
+            save_checkpoint(run.model, run.config.out, run.tokenizer)
         else:
             state.bad_evals += 1
         assert run.log is not None
