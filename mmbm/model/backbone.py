@@ -4,6 +4,8 @@ Every task runs through the same ``Backbone``; only the mask changes:
 - ``padding_mask``: bidirectional attention over one modality (image, audio, or text
   for retrieval), with padded keys hidden;
 - ``causal_mask``: text that sees only earlier text (the concat/multiply captioners);
+- ``cached_causal_mask``: new text tokens fed after cached ones (decoding with a
+  KV cache): each sees the cache and the new tokens up to itself;
 - ``prefix_lm_mask``: [image | text] in one sequence (the "attention" captioner,
   arXiv:1910.10683 §3.2.1): image tokens attend bidirectionally among themselves
   only, text tokens attend to every image token and causally to text. Image rows
@@ -11,7 +13,8 @@ Every task runs through the same ``Backbone``; only the mask changes:
   serves captioning and image retrieval, and the image keys/values can be cached
   once for decoding.
 Masks are boolean, True where a query may attend a key, shaped (B, 1, T_query,
-T_key). Imports ``config`` and ``layers`` only.
+T_key); every mask the model uses is built here. Imports ``config`` and
+``layers`` only.
 """
 
 from __future__ import annotations
@@ -74,6 +77,16 @@ def causal_mask(lengths: Tensor, max_length: int) -> Tensor:
     """Causal mask (B, 1, T, T): query i sees real keys j <= i."""
     causal = torch.ones(max_length, max_length, dtype=torch.bool, device=lengths.device).tril()  # (T, T)
     return causal[None, None] & padding_mask(lengths, max_length)  # (B, 1, T, T)
+
+
+def cached_causal_mask(n_new: int, n_cached: int, device: torch.device) -> Tensor | None:
+    """Mask (1, 1, T_new, n_cached + T_new) for ``n_new`` tokens fed after ``n_cached`` cached ones.
+
+    None for a single new token, which may see everything cached.
+    """
+    if n_new <= 1:
+        return None
+    return torch.ones(n_new, n_cached + n_new, dtype=torch.bool, device=device).tril(diagonal=n_cached)[None, None]
 
 
 def prefix_lm_mask(n_prefix: int, text_lengths: Tensor, max_text_length: int) -> Tensor:

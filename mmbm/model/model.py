@@ -31,7 +31,14 @@ from torch import Tensor, nn
 
 from mmbm.config import ModelConfig
 from mmbm.errors import ConfigError, TextError
-from mmbm.model.backbone import Backbone, causal_mask, lengths_to_valid, padding_mask, prefix_lm_mask
+from mmbm.model.backbone import (
+    Backbone,
+    cached_causal_mask,
+    causal_mask,
+    lengths_to_valid,
+    padding_mask,
+    prefix_lm_mask,
+)
 from mmbm.model.heads import CTCHead, RetrievalHead, build_fusion, mean_pool
 from mmbm.model.layers import KVCache
 from mmbm.model.stems import AudioStem, ImageStem, TextStem
@@ -155,13 +162,20 @@ class MMBM(nn.Module):
         return F.linear(hidden, self.text_stem.token.weight)  # (B, L, V)
 
     def text_lengths(self, ids: Tensor) -> Tensor:
-        """(B, L) right-padded ids -> (B,) counts of non-pad tokens; refuses inner padding."""
+        """(B, L) right-padded ids -> (B,) counts of non-pad tokens; refuses inner padding and ids outside the vocabulary.
+
+        The one check of token values, where a whole text enters (``encode_text``,
+        ``caption_forward``); ``caption_step`` feeds the decoder's own ids unchecked.
+        """
         valid = ids != self.config.pad_id  # (B, L)
         lengths = valid.sum(dim=1)
         if not torch.equal(valid, lengths_to_valid(lengths, ids.shape[1])):
             raise TextError(f"token ids must be right-padded with pad_id={self.config.pad_id}")
         if int(lengths.min()) < 1:
             raise TextError("every text needs at least one non-pad token")
+        low, high, V = int(ids.min()), int(ids.max()), self.config.vocab_size
+        if low < 0 or high >= V:
+            raise TextError(f"token ids must be in [0, {V}); got range [{low}, {high}]")
         return lengths
 
     # ----- image and text encoders (retrieval) -------------------------------------
@@ -236,10 +250,7 @@ class MMBM(nn.Module):
         x = self.text_stem(ids, start=state.n_text)  # (B, T_new, D)
         if self.fusion is not None:
             x = self.fusion(x, state.pooled)
-        mask = None  # one new token may see everything cached
-        if T_new > 1:
-            mask = torch.ones(T_new, past + T_new, dtype=torch.bool, device=ids.device).tril(diagonal=past)[None, None]
-        out = self.backbone(x, mask, state.cache, need_weights)
+        out = self.backbone(x, cached_causal_mask(T_new, past, ids.device), state.cache, need_weights)
         attention = None if out.attention is None else out.attention[..., : state.n_prefix]  # (B, n_layers, T_new, N)
         return StepOutput(self.caption_head(out.hidden), attention)
 
