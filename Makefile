@@ -78,8 +78,10 @@ bench: dev-deps data
 bench-quick: dev-deps data
 	$(PY) -m bench.run_all --quick --model models/mmbm-tiny $(if $(REAL_SPEECH),--real-speech $(REAL_SPEECH))
 
+# Style, then the layering contracts in pyproject.toml (docs/architecture.md).
 lint: dev-deps
 	$(PY) -m ruff check app.py mmbm tests bench
+	$(VENV)/bin/lint-imports --no-cache
 
 clean-venv:
 	rm -rf $(VENV)
