@@ -1,12 +1,12 @@
 """The demo through a real client: app.py launched in-process, called with gradio_client over HTTP.
 
-With a tiny random-init model (tests/demo_world.py) the tests check what a caller
+With a tiny random-init model (the ``demo_world`` and ``served_app`` fixtures) the tests check what a caller
 relies on: each named endpoint answers with the right types, bad input comes back
 as an error carrying the library's plain message, added images are found, the
 shipped gallery is never modified, and start-up refuses a missing model with one
 line and exit code 2. The quality bars of issue 7 (faithful captions, caption
 queries finding their scene, CER on a synthesized clip) run against the trained
-``models/mmbm-tiny`` and skip only while it is absent (``trained_model_dir``).
+``models/mmbm-tiny`` (``trained_model_dir``; a missing one is a failure).
 """
 
 from __future__ import annotations
@@ -15,40 +15,21 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
-os.environ.setdefault("GRADIO_TEMP_DIR", tempfile.mkdtemp(prefix="mmbm-gradio-tests-"))  # read when gradio is imported
+import numpy as np
+import pytest
+import torch
+from gradio_client import handle_file
+from gradio_client.exceptions import AppError
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from gradio_client import Client, handle_file  # noqa: E402
-from gradio_client.exceptions import AppError  # noqa: E402
-
-import app  # noqa: E402
-from mmbm.audio import save_audio  # noqa: E402
-from mmbm.demo import views  # noqa: E402
-from mmbm.shapesworld.captions import canonical_caption, judge  # noqa: E402
-from tests.demo_world import (  # noqa: E402
-    DemoWorld,
-    build_index,
-    build_world,
-    free_port,
-    render_test_scenes,
-    require_trained_model,
-)
+import app
+from mmbm.audio import save_audio
+from mmbm.demo import views
+from mmbm.shapesworld.captions import canonical_caption, judge
+from tests.helpers import DemoWorld, build_index, render_test_scenes, serving, tone
 
 torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="session")
-def trained_model_dir() -> Path:
-    return require_trained_model()
-
 
 PUBLIC_ENDPOINTS = {
     "/caption",
@@ -61,49 +42,19 @@ PUBLIC_ENDPOINTS = {
 }
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> DemoWorld:
-    return build_world(tmp_path_factory.mktemp("demo"), n_images=6)
-
-
-@contextmanager
-def serving(model_dir: Path, index_dir: Path | None, work_dir: Path) -> Iterator[tuple[Client, app.Demo]]:
-    """The app as ``python app.py`` builds it, on a free port, with a client connected to it."""
-    demo = app.load_demo(model_dir, index_dir, work_dir, device="cpu")
-    blocks = app.build_demo(demo)
-    port = free_port()
-    app.launch(blocks, demo, "127.0.0.1", port, prevent_thread_lock=True)
-    try:
-        yield Client(f"http://127.0.0.1:{port}", verbose=False), demo
-    finally:
-        blocks.close()
-        demo.pipeline.close()
-
-
-@pytest.fixture(scope="module")
-def served(world: DemoWorld, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Client, app.Demo]]:
-    with serving(world.model_dir, world.index_dir, tmp_path_factory.mktemp("work")) as pair:
-        yield pair
-
-
-def tone(seconds: float, rate: int = 16_000, frequency: float = 330.0) -> np.ndarray:
-    t = np.arange(int(seconds * rate)) / rate
-    return (0.3 * np.sin(2 * np.pi * frequency * t)).astype(np.float32)
-
-
 def rows(table: dict) -> list[list]:
     return table["data"]
 
 
-def test_the_named_endpoints_are_the_documented_public_api(served) -> None:
-    client, _ = served
+def test_the_named_endpoints_are_the_documented_public_api(served_app) -> None:
+    client, _ = served_app
     api = client.view_api(print_info=False, return_format="dict")
     assert set(api["named_endpoints"]) == PUBLIC_ENDPOINTS
     assert not api["unnamed_endpoints"]
 
 
-def test_each_concurrency_group_has_one_deliberate_limit(world: DemoWorld, tmp_path: Path) -> None:
-    demo = app.load_demo(world.model_dir, None, tmp_path, device="cpu")
+def test_each_concurrency_group_has_one_deliberate_limit(demo_world: DemoWorld, tmp_path: Path) -> None:
+    demo = app.load_demo(demo_world.model_dir, None, tmp_path, device="cpu")
     blocks = app.build_demo(demo)
     limits: dict[str, set] = {}
     for fn in blocks.fns.values():
@@ -117,9 +68,9 @@ def test_each_concurrency_group_has_one_deliberate_limit(world: DemoWorld, tmp_p
     demo.pipeline.close()
 
 
-def test_caption_returns_n_best_rows_and_one_heatmap_per_word(served, world: DemoWorld) -> None:
-    client, _ = served
-    image = handle_file(str(world.images[0]))
+def test_caption_returns_n_best_rows_and_one_heatmap_per_word(served_app, demo_world: DemoWorld) -> None:
+    client, _ = served_app
+    image = handle_file(str(demo_world.images[0]))
     table, heatmaps = client.predict(image, "beam search", 4, 1.0, 3, api_name="/caption")
     assert table["headers"] == ["rank", "caption", "score"]
     data = rows(table)
@@ -136,8 +87,8 @@ def test_caption_returns_n_best_rows_and_one_heatmap_per_word(served, world: Dem
     assert len(rows(sampled)) == 2
 
 
-def test_the_drawing_is_captioned_and_an_empty_canvas_refused(served) -> None:
-    _, demo = served
+def test_the_drawing_is_captioned_and_an_empty_canvas_refused(served_app) -> None:
+    _, demo = served_app
     canvas = np.full((256, 256, 3), 255, np.uint8)
     with pytest.raises(app.gr.Error, match="canvas is empty"):
         demo.caption_drawing({"composite": canvas}, "greedy", 4, 1.0, 1)
@@ -146,25 +97,25 @@ def test_the_drawing_is_captioned_and_an_empty_canvas_refused(served) -> None:
     assert len(data) == 1 and data[0][1]
 
 
-def test_search_by_text_image_and_voice_returns_ranked_gallery_hits(served, world: DemoWorld, tmp_path: Path) -> None:
-    client, _ = served
-    gallery, table = client.predict(world.captions[0][0], 4, api_name="/search")
+def test_search_by_text_image_and_voice_returns_ranked_gallery_hits(served_app, demo_world: DemoWorld, tmp_path: Path) -> None:
+    client, _ = served_app
+    gallery, table = client.predict(demo_world.captions[0][0], 4, api_name="/search")
     assert len(gallery) == 4 and all(Path(item["image"]).is_file() and item["caption"] for item in gallery)
     data = rows(table)
     assert table["headers"] == ["rank", "score", "caption", "id"] and len(data) == 4
     assert [row[1] for row in data] == sorted((row[1] for row in data), reverse=True)
     assert [item["caption"] for item in gallery] == [f"{row[1]:.3f} · {row[2]}" for row in data]
-    _, table = client.predict(handle_file(str(world.images[2])), 3, api_name="/search_image")
+    _, table = client.predict(handle_file(str(demo_world.images[2])), 3, api_name="/search_image")
     top = rows(table)[0]
     assert top[1] == pytest.approx(1.0, abs=1e-3)  # an indexed image finds itself first
-    clip = save_audio(tmp_path / "tone.wav", tone(1.2), 16_000)
+    clip = save_audio(tmp_path / "tone.wav", tone(1.2, 330.0), 16_000)
     heard, gallery, table = client.predict(handle_file(str(clip)), 2, api_name="/search_voice")
     assert isinstance(heard, str) and heard and len(gallery) == len(rows(table)) == 2
 
 
-def test_transcribe_reports_words_timings_and_real_time_factor(served, tmp_path: Path) -> None:
-    client, _ = served
-    clip = save_audio(tmp_path / "tone.wav", tone(1.5, rate=48_000), 48_000)  # browser rate; resampled on load
+def test_transcribe_reports_words_timings_and_real_time_factor(served_app, tmp_path: Path) -> None:
+    client, _ = served_app
+    clip = save_audio(tmp_path / "tone.wav", tone(1.5, 330.0, rate=48_000), 48_000)  # browser rate; resampled on load
     for method in app.SPEECH_METHODS:
         text, words, summary = client.predict(handle_file(str(clip)), method, api_name="/transcribe")
         assert isinstance(text, str) and text
@@ -203,12 +154,12 @@ def test_transcribe_reports_words_timings_and_real_time_factor(served, tmp_path:
         ("/add_images", lambda d: [[]], "Choose one or more image files"),
     ],
 )
-def test_bad_input_comes_back_as_an_error_with_the_plain_message(served, world, tmp_path, endpoint, make_args, message):
-    client, _ = served
+def test_bad_input_comes_back_as_an_error_with_the_plain_message(served_app, demo_world, tmp_path, endpoint, make_args, message):
+    client, _ = served_app
     (tmp_path / "broken.png").write_bytes(b"this is not a picture")
-    data = world.images[0].read_bytes()
+    data = demo_world.images[0].read_bytes()
     (tmp_path / "truncated.png").write_bytes(data[: len(data) // 2])
-    shutil.copy(world.images[0], tmp_path / "scene.png")
+    shutil.copy(demo_world.images[0], tmp_path / "scene.png")
     save_audio(tmp_path / "silence.wav", np.zeros(16_000, np.float32), 16_000)
     (tmp_path / "broken.wav").write_bytes(b"RIFF....WAVEfmt nonsense")
     with pytest.raises(AppError, match=message) as caught:
@@ -217,14 +168,14 @@ def test_bad_input_comes_back_as_an_error_with_the_plain_message(served, world, 
     assert os.environ["GRADIO_TEMP_DIR"] not in str(caught.value)  # no server paths on the page
 
 
-def test_added_images_are_found_and_the_shipped_gallery_is_untouched(world: DemoWorld, tmp_path: Path) -> None:
+def test_added_images_are_found_and_the_shipped_gallery_is_untouched(demo_world: DemoWorld, tmp_path: Path) -> None:
     shipped = tmp_path / "shipped"
-    shutil.copytree(world.index_dir, shipped)
+    shutil.copytree(demo_world.index_dir, shipped)
     before = hashlib.sha256((shipped / "index.sqlite").read_bytes()).hexdigest()
     new_images, _, _ = render_test_scenes(tmp_path / "new", 2, start=100)
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"no pixels")
-    with serving(world.model_dir, shipped, tmp_path / "work") as (client, _):
+    with serving(demo_world.model_dir, shipped, tmp_path / "work") as (client, _):
         n_before = int(client.predict(api_name="/index_stats").split("**")[1].split()[0])
         report, stats = client.predict([handle_file(str(p)) for p in [*new_images, broken]], api_name="/add_images")
         assert report.startswith("Added **2** images") and "skipped broken.png: Not an image" in report
@@ -239,8 +190,8 @@ def test_added_images_are_found_and_the_shipped_gallery_is_untouched(world: Demo
     assert hashlib.sha256((shipped / "index.sqlite").read_bytes()).hexdigest() == before
 
 
-def test_uploads_over_the_size_limit_are_refused(served, tmp_path: Path) -> None:
-    client, _ = served
+def test_uploads_over_the_size_limit_are_refused(served_app, tmp_path: Path) -> None:
+    client, _ = served_app
     big = tmp_path / "big.wav"
     save_audio(big, np.random.default_rng(0).uniform(-0.5, 0.5, 48_000 * 60).astype(np.float32), 48_000)  # ~5.8 MB
     big.write_bytes(big.read_bytes() * 2)  # past the 10 MB limit
@@ -249,19 +200,19 @@ def test_uploads_over_the_size_limit_are_refused(served, tmp_path: Path) -> None
 
 
 def test_start_up_refuses_a_missing_model_or_gallery_with_one_line_and_exit_2(
-    world: DemoWorld, tmp_path, capsys
+    demo_world: DemoWorld, tmp_path, capsys
 ) -> None:
     assert app.main(["--model", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no model at" in err and "config.json" in err
-    assert app.main(["--model", str(world.model_dir), "--index", str(tmp_path / "no-gallery")]) == 2
+    assert app.main(["--model", str(demo_world.model_dir), "--index", str(tmp_path / "no-gallery")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no gallery index at" in err and "--empty-gallery" in err
 
 
-def test_about_shows_the_model_card_metrics_and_diagram(world: DemoWorld, tmp_path: Path) -> None:
+def test_about_shows_the_model_card_metrics_and_diagram(demo_world: DemoWorld, tmp_path: Path) -> None:
     model_dir = tmp_path / "model"
-    shutil.copytree(world.model_dir, model_dir)
+    shutil.copytree(demo_world.model_dir, model_dir)
     (model_dir / "README.md").write_text("---\nlicense: apache-2.0\n---\n# mmbm-tiny\nA small model.\n")
     metrics = {
         "provenance": {"command": "python -m mmbm.evaluate models/mmbm-tiny"},

@@ -16,13 +16,9 @@ from mmbm import audio as audio_module
 from mmbm.audio import LogMel, check_not_silent, is_silent, load_audio, log_mel, rms_db, save_audio
 from mmbm.config import AudioConfig
 from mmbm.errors import AudioError
+from tests.helpers import tone
 
 RATE = 16_000
-
-
-def tone(frequency: float, seconds: float, rate: int, amplitude: float = 0.5) -> np.ndarray:
-    t = np.arange(round(seconds * rate)) / rate
-    return (amplitude * np.sin(2 * np.pi * frequency * t)).astype(np.float32)
 
 
 def peak_frequency(audio: np.ndarray, rate: int) -> float:
@@ -42,7 +38,7 @@ def wav_bytes(samples: np.ndarray, rate: int, subtype: str = "PCM_16", file_form
 @pytest.mark.parametrize("rate", [8_000, 16_000, 22_050, 44_100, 48_000])
 @pytest.mark.parametrize("frequency", [440.0, 1_000.0, 3_000.0])
 def test_resampling_keeps_frequency_duration_and_level(rate: int, frequency: float) -> None:
-    audio = load_audio((rate, tone(frequency, 1.5, rate)))
+    audio = load_audio((rate, tone(1.5, frequency, rate, amplitude=0.5)))
     assert audio.dtype == np.float32 and audio.ndim == 1
     assert abs(audio.size - 1.5 * RATE) <= 1
     assert abs(peak_frequency(audio, RATE) - frequency) <= 1.0  # FFT bins are 0.67 Hz wide
@@ -53,7 +49,7 @@ def test_resampling_keeps_frequency_duration_and_level(rate: int, frequency: flo
 
 def test_resampling_to_another_configured_rate() -> None:
     config = AudioConfig(sample_rate=22_050, f_max=11_025.0)
-    audio = load_audio((48_000, tone(2_000.0, 1.0, 48_000)), config)
+    audio = load_audio((48_000, tone(1.0, 2_000.0, 48_000, amplitude=0.5)), config)
     assert abs(audio.size - 22_050) <= 1 and abs(peak_frequency(audio, 22_050) - 2_000.0) <= 1.5
 
 
@@ -68,7 +64,7 @@ def test_resampling_to_another_configured_rate() -> None:
     ],
 )
 def test_each_sample_format_gives_the_same_waveform(dtype: type, to_samples) -> None:
-    reference = tone(440.0, 0.5, RATE)
+    reference = tone(0.5, 440.0, RATE, amplitude=0.5)
     audio = load_audio((RATE, to_samples(reference.astype(np.float64)).astype(dtype)))
     assert audio.dtype == np.float32
     assert np.abs(audio - reference).max() < 0.01  # uint8 has 1/128 steps
@@ -80,7 +76,7 @@ def test_uint8_midpoint_is_silence_and_extremes_are_full_scale() -> None:
 
 
 def test_channels_are_averaged_in_either_layout() -> None:
-    left, right = tone(440.0, 0.5, RATE), tone(1_000.0, 0.5, RATE, amplitude=0.25)
+    left, right = tone(0.5, 440.0, RATE, amplitude=0.5), tone(0.5, 1_000.0, RATE, amplitude=0.25)
     expected = (left + right) / 2
     for samples in (np.stack([left, right], axis=1), np.stack([left, right], axis=0)):  # (N, 2) and (2, N)
         assert np.allclose(load_audio((RATE, samples)), expected, atol=1e-6)
@@ -90,13 +86,13 @@ def test_channels_are_averaged_in_either_layout() -> None:
 
 
 def test_gradio_microphone_tuple_int16_stereo_at_48k() -> None:
-    clip = np.round(tone(440.0, 2.0, 48_000) * 32_767).astype(np.int16)
+    clip = np.round(tone(2.0, 440.0, 48_000, amplitude=0.5) * 32_767).astype(np.int16)
     audio = load_audio((np.int64(48_000), np.stack([clip, clip], axis=1)))
     assert abs(audio.size - 32_000) <= 1 and abs(peak_frequency(audio, RATE) - 440.0) <= 1.0
 
 
 def test_files_by_path_str_and_bytes_and_formats(tmp_path: Path) -> None:
-    stereo = np.stack([tone(440.0, 1.0, 44_100), tone(440.0, 1.0, 44_100)], axis=1)
+    stereo = np.stack([tone(1.0, 440.0, 44_100, amplitude=0.5), tone(1.0, 440.0, 44_100, amplitude=0.5)], axis=1)
     wav = tmp_path / "clip.wav"
     soundfile.write(wav, stereo, 44_100, subtype="PCM_16")
     flac = tmp_path / "clip.flac"
@@ -108,7 +104,7 @@ def test_files_by_path_str_and_bytes_and_formats(tmp_path: Path) -> None:
 
 
 def test_float_samples_beyond_full_scale_are_clipped_and_logged(caplog: pytest.LogCaptureFixture) -> None:
-    loud = tone(440.0, 0.5, RATE, amplitude=2.0)
+    loud = tone(0.5, 440.0, RATE, amplitude=2.0)
     with caplog.at_level(logging.WARNING, logger="mmbm.audio"):
         audio = load_audio((RATE, loud))
     assert audio.max() == 1.0 and audio.min() == -1.0
@@ -140,7 +136,7 @@ def test_non_audio_bytes_and_files_are_refused(tmp_path: Path, data: bytes) -> N
 
 
 def test_truncated_files_are_refused_or_give_the_samples_present() -> None:
-    clip = tone(440.0, 1.0, RATE)
+    clip = tone(1.0, 440.0, RATE, amplitude=0.5)
     flac = wav_bytes(clip, RATE, subtype="PCM_16", file_format="FLAC")
     with pytest.raises(AudioError, match="Corrupt audio.*could not be decoded.*lost sync"):
         load_audio(flac[: len(flac) // 2])
@@ -166,14 +162,14 @@ def test_non_finite_samples_are_refused_with_their_count(bad: float, count: int)
     everywhere = np.full(count, bad, np.float32)
     with pytest.raises(AudioError, match=f"{count} non-finite samples"):
         load_audio((RATE, everywhere))
-    few = tone(440.0, 0.5, RATE)
+    few = tone(0.5, 440.0, RATE, amplitude=0.5)
     few[[10, 20, 30]] = bad
     with pytest.raises(AudioError, match="3 non-finite samples"):
         load_audio((RATE, few))
 
 
 def test_too_long_clip_is_refused_with_duration_and_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    long_clip = tone(440.0, 61.0, 8_000)
+    long_clip = tone(61.0, 440.0, 8_000, amplitude=0.5)
     with pytest.raises(AudioError, match=r"too long.*61\.00 s.*limit of 60 s"):
         load_audio((8_000, long_clip))
     path = tmp_path / "long.wav"
@@ -191,7 +187,7 @@ def test_too_long_clip_is_refused_with_duration_and_limit(tmp_path: Path, monkey
 
 def test_too_short_clip_is_refused() -> None:
     with pytest.raises(AudioError, match=r"too short.*0\.010 s.*0\.05 s"):
-        load_audio((RATE, tone(440.0, 0.01, RATE)))
+        load_audio((RATE, tone(0.01, 440.0, RATE, amplitude=0.5)))
 
 
 @pytest.mark.parametrize(
@@ -206,12 +202,12 @@ def test_too_short_clip_is_refused() -> None:
 )
 def test_unsupported_sample_rates_are_refused(rate: object, message: str) -> None:
     with pytest.raises(AudioError, match=message):
-        load_audio((rate, tone(440.0, 0.5, 16_000)))  # type: ignore[arg-type]
+        load_audio((rate, tone(0.5, 440.0, 16_000, amplitude=0.5)))  # type: ignore[arg-type]
 
 
 def test_unsupported_sample_rate_in_a_file_header_is_refused() -> None:
     with pytest.raises(AudioError, match="Unsupported sample rate 96000 Hz"):
-        load_audio(wav_bytes(tone(440.0, 0.5, 96_000), 96_000))
+        load_audio(wav_bytes(tone(0.5, 440.0, 96_000, amplitude=0.5), 96_000))
 
 
 @pytest.mark.parametrize(
@@ -249,7 +245,7 @@ def test_silence_is_detected_but_not_refused_by_load_audio() -> None:
     quiet_noise = (rng.standard_normal(RATE) * 10 ** (-60 / 20)).astype(np.float32)  # about -60 dBFS
     silence = load_audio((RATE, np.zeros(RATE, np.int16)))
     assert is_silent(silence) and is_silent(quiet_noise) and is_silent(np.zeros(0, np.float32))
-    speech_level = tone(440.0, 0.5, RATE, amplitude=0.05)  # about -29 dBFS
+    speech_level = tone(0.5, 440.0, RATE, amplitude=0.05)  # about -29 dBFS
     assert not is_silent(speech_level)
     assert is_silent(speech_level, threshold_db=-20.0)
     check_not_silent(speech_level)
@@ -279,14 +275,14 @@ def test_log_mel_of_silence_is_finite() -> None:
 
 def test_log_mel_is_the_same_at_any_microphone_gain() -> None:
     rng = np.random.default_rng(2)
-    clip = tone(440.0, 1.0, RATE) + (0.01 * rng.standard_normal(RATE)).astype(np.float32)
+    clip = tone(1.0, 440.0, RATE, amplitude=0.5) + (0.01 * rng.standard_normal(RATE)).astype(np.float32)
     loud, quiet = log_mel(clip), log_mel(clip * 0.02)  # 34 dB apart
     assert torch.allclose(loud, quiet, atol=1e-3)
 
 
 def test_log_mel_of_a_real_frame_is_unchanged_by_batch_padding() -> None:
     module = LogMel(AudioConfig())
-    short, long = tone(440.0, 0.5, RATE), tone(1_000.0, 1.0, RATE)
+    short, long = tone(0.5, 440.0, RATE, amplitude=0.5), tone(1.0, 1_000.0, RATE, amplitude=0.5)
     batch = torch.from_numpy(np.stack([np.pad(short, (0, long.size - short.size)), long]))
     padded = module(batch)[0]  # (n_mels, T_long)
     alone = module(torch.from_numpy(short)[None])[0]  # (n_mels, T_short)
@@ -295,13 +291,13 @@ def test_log_mel_of_a_real_frame_is_unchanged_by_batch_padding() -> None:
 
 
 def test_log_mel_puts_a_higher_tone_in_a_higher_mel_band() -> None:
-    bands = [int(log_mel(tone(f, 0.5, RATE)).mean(dim=1).argmax()) for f in (300.0, 1_000.0, 4_000.0)]
+    bands = [int(log_mel(tone(0.5, f, RATE, amplitude=0.5)).mean(dim=1).argmax()) for f in (300.0, 1_000.0, 4_000.0)]
     assert bands[0] < bands[1] < bands[2]
 
 
 def test_log_mel_convenience_matches_module_and_refuses_bad_input() -> None:
     config = AudioConfig(n_mels=40)
-    clip = tone(440.0, 0.3, RATE)
+    clip = tone(0.3, 440.0, RATE, amplitude=0.5)
     assert log_mel(clip, config).shape == (40, clip.size // 160 + 1)
     assert torch.equal(log_mel(clip, config), LogMel(config)(torch.from_numpy(clip)[None])[0])
     with pytest.raises(AudioError, match=r"expects a \(N,\) numpy array"):
@@ -316,7 +312,7 @@ def test_log_mel_buffers_follow_to_and_autocast_keeps_float32() -> None:
     module = LogMel(AudioConfig())
     buffers = dict(module.named_buffers())
     assert any("window" in name for name in buffers) and any("fb" in name for name in buffers)
-    waveform = torch.from_numpy(tone(440.0, 0.5, RATE))[None]
+    waveform = torch.from_numpy(tone(0.5, 440.0, RATE, amplitude=0.5))[None]
     reference = module(waveform)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         under_autocast = module(waveform)
@@ -329,7 +325,7 @@ def test_log_mel_buffers_follow_to_and_autocast_keeps_float32() -> None:
 
 @pytest.mark.parametrize("suffix", [".wav", ".flac"])
 def test_save_audio_round_trips(tmp_path: Path, suffix: str) -> None:
-    clip = tone(440.0, 0.5, 22_050)
+    clip = tone(0.5, 440.0, 22_050, amplitude=0.5)
     path = save_audio(tmp_path / f"clip{suffix}", clip, 22_050)
     samples, rate = soundfile.read(path, dtype="float32")
     assert rate == 22_050 and np.abs(samples - clip).max() < 1e-4
@@ -338,8 +334,8 @@ def test_save_audio_round_trips(tmp_path: Path, suffix: str) -> None:
 
 def test_save_audio_clips_and_overwrites(tmp_path: Path) -> None:
     path = tmp_path / "clip.wav"
-    save_audio(path, tone(440.0, 0.5, RATE), RATE)
-    save_audio(path, tone(440.0, 0.2, RATE, amplitude=3.0), RATE)
+    save_audio(path, tone(0.5, 440.0, RATE, amplitude=0.5), RATE)
+    save_audio(path, tone(0.2, 440.0, RATE, amplitude=3.0), RATE)
     samples, _ = soundfile.read(path, dtype="float32")
     assert samples.size == 3_200 and np.abs(samples).max() == pytest.approx(1.0, abs=1e-4)
 
@@ -348,7 +344,7 @@ def test_save_audio_failure_leaves_the_old_file_and_no_temporary(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "clip.wav"
-    save_audio(path, tone(440.0, 0.5, RATE), RATE)
+    save_audio(path, tone(0.5, 440.0, RATE, amplitude=0.5), RATE)
     before = path.read_bytes()
 
     def fail_halfway(file: str, *args, **kwargs) -> None:
@@ -357,7 +353,7 @@ def test_save_audio_failure_leaves_the_old_file_and_no_temporary(
 
     monkeypatch.setattr(audio_module.soundfile, "write", fail_halfway)
     with pytest.raises(AudioError, match=r"Cannot save audio to .*clip\.wav"):
-        save_audio(path, tone(1_000.0, 0.5, RATE), RATE)
+        save_audio(path, tone(0.5, 1_000.0, RATE, amplitude=0.5), RATE)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["clip.wav"]
 

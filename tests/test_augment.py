@@ -27,15 +27,10 @@ from mmbm.data.augment import (
     synthetic_impulse_response,
 )
 from mmbm.errors import AudioError, ConfigError
+from tests.helpers import SAMPLE_RATE, tone
 
-SAMPLE_RATE = 16_000
 IMAGE_CONFIG = ImageConfig(image_size=16)
 ALL_AUDIO = AudioAugmentConfig(p_speed=1.0, p_reverb=1.0, p_band_limit=1.0, p_noise=1.0, p_gain=1.0)
-
-
-def tone(seconds: float = 1.0, frequency: float = 440.0, amplitude: float = 0.3) -> np.ndarray:
-    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
-    return (amplitude * np.sin(2 * np.pi * frequency * t)).astype(np.float32)
 
 
 def peak_frequency(wave: np.ndarray) -> float:
@@ -134,7 +129,7 @@ def test_image_config_refuses_bad_values(field: str, value: float) -> None:
 @pytest.mark.parametrize("color", ["white", "pink"])
 @pytest.mark.parametrize("snr_db", [5.0, 17.5, 30.0])
 def test_noise_has_the_requested_snr(color: str, snr_db: float) -> None:
-    clean = tone()
+    clean = tone(1.0, 440.0)
     noisy = add_noise(clean, snr_db, color, np.random.default_rng(0))  # type: ignore[arg-type]
     noise = noisy.astype(np.float64) - clean
     measured = 10 * np.log10(np.mean(clean.astype(np.float64) ** 2) / np.mean(noise**2))
@@ -143,7 +138,7 @@ def test_noise_has_the_requested_snr(color: str, snr_db: float) -> None:
 
 
 def test_pink_noise_has_more_low_than_high_frequency_energy() -> None:
-    noise = add_noise(tone(), 0.0, "pink", np.random.default_rng(1)) - tone()
+    noise = add_noise(tone(1.0, 440.0), 0.0, "pink", np.random.default_rng(1)) - tone(1.0, 440.0)
     power = np.abs(np.fft.rfft(noise)) ** 2
     frequencies = np.fft.rfftfreq(noise.size, 1.0 / SAMPLE_RATE)
     low, high = (
@@ -155,7 +150,7 @@ def test_pink_noise_has_more_low_than_high_frequency_energy() -> None:
 
 @pytest.mark.parametrize("factor", [0.9, 1.1])
 def test_speed_scales_duration_and_pitch(factor: float) -> None:
-    wave = tone(seconds=1.0, frequency=500.0)
+    wave = tone(1.0, 500.0)
     faster = change_speed(wave, factor)
     assert faster.size == round(wave.size / factor) and faster.dtype == np.float32
     assert abs(peak_frequency(faster) - 500.0 * factor) < 3.0
@@ -197,7 +192,7 @@ def test_fast_fft_length_is_the_next_5_smooth_number(n: int) -> None:
 
 
 def test_gain_scales_level_in_decibels() -> None:
-    wave = tone(amplitude=0.1)
+    wave = tone(1.0, 440.0, amplitude=0.1)
     louder = apply_gain(wave, 6.0)
     ratio_db = 20 * np.log10(np.sqrt(np.mean(louder.astype(np.float64) ** 2) / np.mean(wave.astype(np.float64) ** 2)))
     assert abs(ratio_db - 6.0) < 1e-3 and louder.dtype == np.float32
@@ -233,7 +228,7 @@ def test_reverb_is_the_convolution_rescaled() -> None:
 
 
 def test_augment_waveform_is_seeded_finite_float32_and_bounded() -> None:
-    wave = tone(seconds=2.0)
+    wave = tone(2.0, 440.0)
     first = augment_waveform(wave, SAMPLE_RATE, ALL_AUDIO, np.random.default_rng(7))
     again = augment_waveform(wave, SAMPLE_RATE, ALL_AUDIO, np.random.default_rng(7))
     other = augment_waveform(wave, SAMPLE_RATE, ALL_AUDIO, np.random.default_rng(8))

@@ -14,40 +14,22 @@ browser``), the ``playwright`` package (never ``playwright install``) and flite.
 from __future__ import annotations
 
 import io
-import os
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
-os.environ.setdefault("GRADIO_TEMP_DIR", tempfile.mkdtemp(prefix="mmbm-gradio-tests-"))  # read when gradio is imported
+import numpy as np
+import pytest
+import soundfile
+from PIL import Image
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import soundfile  # noqa: E402
-from PIL import Image  # noqa: E402
-
-import app  # noqa: E402
-from mmbm.shapesworld.tts import Voice, make_engine  # noqa: E402
-from mmbm.tokenizer import normalize_text  # noqa: E402
-from tests.demo_world import (  # noqa: E402
-    REPO,
-    build_index,
-    build_world,
-    free_port,
-    render_test_scenes,
-    require_trained_model,
-)
+from mmbm.shapesworld.tts import Voice, make_engine
+from mmbm.tokenizer import normalize_text
+from tests.helpers import REPO, DemoWorld, build_index, render_test_scenes, serving
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-
-
-@pytest.fixture(scope="session")
-def trained_model_dir() -> Path:
-    return require_trained_model()
 
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -195,27 +177,19 @@ def walk_the_demo(playwright, url: str, image: Path, query: str, clip: Path, rec
 def served_walk(
     playwright, model_dir: Path, index_dir: Path, work: Path, image: Path, query: str, shots: Path
 ) -> tuple[Walk, float]:
-    demo = app.load_demo(model_dir, index_dir, work / "app", device="cpu")
-    blocks = app.build_demo(demo)
-    port = free_port()
-    app.launch(blocks, demo, "127.0.0.1", port, prevent_thread_lock=True)
-    try:
+    with serving(model_dir, index_dir, work / "app") as (client, _):
         clip, record_s = spoken_clip(work / "speech.wav")
-        return walk_the_demo(playwright, f"http://127.0.0.1:{port}", image, query, clip, record_s, shots), record_s
-    finally:
-        blocks.close()
-        demo.pipeline.close()
+        return walk_the_demo(playwright, client.src.rstrip("/"), image, query, clip, record_s, shots), record_s
 
 
-def test_each_tab_shows_its_result_in_chromium(browser_tools, tmp_path: Path) -> None:
-    world = build_world(tmp_path / "world", n_images=6)
+def test_each_tab_shows_its_result_in_chromium(browser_tools, demo_world: DemoWorld, tmp_path: Path) -> None:
     walk, record_s = served_walk(
         browser_tools,
-        world.model_dir,
-        world.index_dir,
+        demo_world.model_dir,
+        demo_world.index_dir,
         tmp_path,
-        world.images[0],
-        world.captions[0][0],
+        demo_world.images[0],
+        demo_world.captions[0][0],
         tmp_path / "shots",
     )
     assert walk.caption and walk.n_heatmaps == len(walk.caption.split())
@@ -233,7 +207,7 @@ def test_trained_model_in_chromium_and_the_readme_screenshots(
     browser_tools, trained_model_dir: Path, tmp_path: Path
 ) -> None:
     jiwer = pytest.importorskip("jiwer")
-    shipped = REPO / "models" / "gallery"
+    shipped = trained_model_dir / "gallery"
     if (shipped / "index.sqlite").is_file():
         index_dir = shipped
     else:

@@ -25,11 +25,10 @@ from safetensors.torch import load_file
 from mmbm.training.logs import LOG_FILE
 from mmbm.training.train_config import add_train_arguments, config_from_args
 from mmbm.training.trainer import train
-from tests.training_corpora import make_image_corpus, make_speech_corpus
+from tests.helpers import REPO
 
 LOSS_RTOL = 1e-5
 WEIGHT_ATOL = 5e-5
-REPO = Path(__file__).resolve().parents[1]
 
 
 def losses(out: Path) -> list[dict[str, float]]:
@@ -41,9 +40,9 @@ def losses(out: Path) -> list[dict[str, float]]:
 @pytest.mark.distributed
 @pytest.mark.parametrize(("mixing", "grad_accum"), [("round_robin", 3), ("sum", 2)])
 def test_two_gloo_processes_match_one_process_with_the_same_global_batch(
-    tmp_path: Path, mixing: str, grad_accum: int
+    training_corpora: tuple[Path, Path], tmp_path: Path, mixing: str, grad_accum: int
 ) -> None:
-    images, speech = make_image_corpus(tmp_path / "shapes"), make_speech_corpus(tmp_path / "speech")
+    images, speech = training_corpora
     flags = ["--images", str(images), "--speech", str(speech), "--max-steps", "3", "--batch-size", "4",
              "--speech-batch-size", "4", "--warmup-steps", "1", "--lr", "3e-3", "--precision", "fp32",
              "--device", "cpu", "--no-progress", "--n-val-images", "4", "--n-val-clips", "4", "--d-model", "32",

@@ -27,8 +27,8 @@ from mmbm.pipeline import Pipeline
 from mmbm.shapesworld.captions import canonical_caption, judge
 from mmbm.shapesworld.corpus import ImageRecord, load_image_manifest
 from mmbm.shapesworld.scene import Background, Scene, SceneObject
-from mmbm.shapesworld.words import SPOKEN_WORDS
-from tests.random_model import NUMBER_WORDS, SAMPLE_RATE, make_checkpoint, make_image_corpus, tone
+from mmbm.shapesworld.words import NUMBER_WORDS, SPOKEN_WORDS
+from tests.helpers import SAMPLE_RATE, tone
 
 torch.set_num_threads(1)
 
@@ -62,18 +62,14 @@ def write_real_manifest(directory: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def world(tmp_path_factory: pytest.TempPathFactory, tiny_corpus: Path, tiny_model_dir: Path) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("eval")
-    images = make_image_corpus(root / "shapes", n_test=12, n_compositional=3)
-    captions = [
-        c for r in load_image_manifest(images, "train") + load_image_manifest(images, "test") for c in r.captions
-    ]
     return {
         "root": root,
-        "images": images,
+        "images": tiny_corpus,
         "speech": write_speech_corpus(root / "speech"),
         "real": write_real_manifest(root / "fsdd-mini"),
-        "model": make_checkpoint(root / "model", captions),
+        "model": tiny_model_dir,
     }
 
 

@@ -13,15 +13,11 @@ from mmbm.pipeline import Pipeline, load_examples
 from mmbm.shapesworld.captions import judge
 from mmbm.shapesworld.corpus import load_image_manifest, make_item
 from mmbm.shapesworld.shapes import ShapesConfig
-from tests.random_model import make_checkpoint, make_image_corpus
 
 
 @pytest.fixture(scope="module")
-def corpus_and_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("gallery")
-    corpus = make_image_corpus(root / "shapes", n_test=5, n_compositional=3)
-    captions = [c for split in ("train", "test") for r in load_image_manifest(corpus, split) for c in r.captions]
-    return corpus, make_checkpoint(root / "model", captions)
+def corpus_and_model(tiny_corpus: Path, tiny_model_dir: Path) -> tuple[Path, Path]:
+    return tiny_corpus, tiny_model_dir
 
 
 def test_gallery_holds_every_held_out_scene_and_finds_each_by_its_image(corpus_and_model, tmp_path: Path) -> None:

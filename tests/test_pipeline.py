@@ -1,7 +1,7 @@
 """The pipeline: loading a checkpoint, captioning, transcribing, searching, and refusing bad input.
 
-Uses a tiny random-init model saved to tmp_path with a tokenizer trained on the
-captions of a tiny ShapesWorld corpus; untrained outputs are meaningless, so the
+Uses the tiny random-init model and the tiny ShapesWorld corpus of tests/conftest.py
+(``tiny_model_dir``, ``tiny_corpus``); untrained outputs are meaningless, so the
 tests check behaviour (types, refusals, identity, batching), not quality.
 """
 
@@ -23,22 +23,20 @@ from mmbm.errors import AudioError, CheckpointError, ImageError, SearchIndexErro
 from mmbm.pipeline import Pipeline, TranscribeResult, model_identity
 from mmbm.shapesworld.corpus import ImageRecord, load_image_manifest
 from mmbm.tokenizer import train_tokenizer
-from tests.random_model import SAMPLE_RATE, make_checkpoint, make_image_corpus, tone
+from tests.helpers import SAMPLE_RATE, make_small_checkpoint, tone
 
 torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[ImageRecord]]:
-    root = tmp_path_factory.mktemp("world")
-    records = load_image_manifest(make_image_corpus(root / "shapes"), "test")
-    make_checkpoint(root / "model", [c for r in records for c in r.captions])
-    return root, records
+def world(tiny_model_dir: Path, tiny_corpus: Path) -> tuple[Path, list[ImageRecord]]:
+    """The tiny model and the test split of the corpus its tokenizer learnt."""
+    return tiny_model_dir, load_image_manifest(tiny_corpus, "test")
 
 
 @pytest.fixture()
 def pipeline(world: tuple[Path, list[ImageRecord]], tmp_path: Path) -> Pipeline:
-    return Pipeline.load(world[0] / "model", tmp_path / "index", device="cpu", create_index=True)
+    return Pipeline.load(world[0], tmp_path / "index", device="cpu", create_index=True)
 
 
 def test_caption_returns_a_caption_per_image_and_batches_agree(pipeline: Pipeline, world) -> None:
@@ -126,7 +124,7 @@ def test_search_text_refuses_empty_or_over_long_queries(pipeline: Pipeline, quer
 
 
 def test_search_without_an_index_is_refused(world) -> None:
-    bare = Pipeline.load(world[0] / "model", device="cpu")
+    bare = Pipeline.load(world[0], device="cpu")
     with pytest.raises(SearchIndexError, match="no image index"):
         bare.search_text("a red circle")
     with pytest.raises(SearchIndexError, match="index.db|missing"):
@@ -179,12 +177,14 @@ def test_embedder_batches_give_the_same_unit_vectors_as_single_calls(pipeline: P
     )
 
 
-def test_identity_follows_the_weights_and_an_index_refuses_another_model(world, tmp_path: Path) -> None:
-    root, records = world
-    other = make_checkpoint(tmp_path / "other", [c for r in records for c in r.captions], seed=1)
-    assert model_identity(root / "model") != model_identity(other)
-    assert model_identity(root / "model") == model_identity(root / "model")
-    first = Pipeline.load(root / "model", tmp_path / "index", device="cpu", create_index=True)
+def test_identity_follows_the_weights_and_an_index_refuses_another_model(world, tiny_corpus, tmp_path: Path) -> None:
+    model_dir, records = world
+    captions = [c for split in ("train", "test") for r in load_image_manifest(tiny_corpus, split) for c in r.captions]
+    other = make_small_checkpoint(tmp_path / "other", captions, seed=1)  # the same tokenizer, other weights
+    assert (other / "tokenizer.json").read_bytes() == (model_dir / "tokenizer.json").read_bytes()
+    assert model_identity(model_dir) != model_identity(other)
+    assert model_identity(model_dir) == model_identity(model_dir)
+    first = Pipeline.load(model_dir, tmp_path / "index", device="cpu", create_index=True)
     first.add_images([records[0].image])
     first.close()
     with pytest.raises(SearchIndexError, match="built with embedder"):
@@ -192,7 +192,7 @@ def test_identity_follows_the_weights_and_an_index_refuses_another_model(world, 
 
 
 def test_load_refuses_a_tokenizer_that_does_not_fit_the_config(world, tmp_path: Path) -> None:
-    directory = make_checkpoint(tmp_path / "ckpt", world[1][0].captions)
+    directory = make_small_checkpoint(tmp_path / "ckpt", world[1][0].captions)
     train_tokenizer(["a completely different vocabulary"] * 3, vocab_size=60).save(directory / "tokenizer.json")
     with pytest.raises(CheckpointError, match="does not fit config.json"):
         Pipeline.load(directory, device="cpu")

@@ -10,21 +10,19 @@ import shutil
 from pathlib import Path
 
 import pytest
-from demo_world import REPO, render_test_scenes, require_trained_model
 from PIL import Image
 
 from mmbm.errors import AudioError
 from mmbm.pipeline import Pipeline
 from mmbm.shapesworld.captions import canonical_caption
-
-GALLERY = REPO / "models" / "mmbm-tiny" / "gallery"
+from tests.helpers import render_test_scenes
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
+def pipeline(trained_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
     work = tmp_path_factory.mktemp("gallery") / "gallery"
-    shutil.copytree(GALLERY, work)  # the shipped files stay untouched
-    loaded = Pipeline.load(require_trained_model(), work)
+    shutil.copytree(trained_model_dir / "gallery", work)  # the shipped files stay untouched
+    loaded = Pipeline.load(trained_model_dir, work)
     yield loaded
     loaded.close()
 

@@ -25,15 +25,9 @@ from mmbm.training.objective import parameter_groups
 from mmbm.training.schedule import Schedule
 from mmbm.training.train_config import TrainConfig, add_train_arguments, config_from_args
 from mmbm.training.trainer import build_model, train
-from tests.training_corpora import make_image_corpus, make_speech_corpus, tiny_model_config, tiny_train_config
+from tests.helpers import make_speech_corpus, tiny_model_config, tiny_train_config
 
 WEIGHTS = {"caption": 1.0, "retrieval": 0.5, "speech": 2.0}
-
-
-@pytest.fixture(scope="module")
-def corpora(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("corpora")
-    return make_image_corpus(root / "shapes"), make_speech_corpus(root / "speech")
 
 
 def train_rows(out: Path, kind: str = "train") -> list[dict]:
@@ -130,36 +124,36 @@ def test_config_needs_a_step_or_time_budget() -> None:
         TrainConfig(out="o")
 
 
-def test_missing_corpus_folder_is_refused_before_work(corpora: tuple[Path, Path], tmp_path: Path) -> None:
-    config = tiny_train_config(tmp_path / "nowhere", corpora[1], tmp_path / "out")
+def test_missing_corpus_folder_is_refused_before_work(training_corpora: tuple[Path, Path], tmp_path: Path) -> None:
+    config = tiny_train_config(tmp_path / "nowhere", training_corpora[1], tmp_path / "out")
     with pytest.raises(DataError, match="image corpus folder not found: .*nowhere"):
         train(config)
     assert not (tmp_path / "out" / LOG_FILE).exists()
 
 
-def test_incomplete_corpus_is_refused(corpora: tuple[Path, Path], tmp_path: Path) -> None:
+def test_incomplete_corpus_is_refused(training_corpora: tuple[Path, Path], tmp_path: Path) -> None:
     speech = make_speech_corpus(tmp_path / "speech", n_train=2, n_val=1)
     (speech / "corpus.json").unlink()  # as if generation had been interrupted
     with pytest.raises(DataError, match=r"speech corpus .* is incomplete: corpus.json is missing"):
-        train(tiny_train_config(corpora[0], speech, tmp_path / "out"))
+        train(tiny_train_config(training_corpora[0], speech, tmp_path / "out"))
 
 
-def test_unwritable_output_folder_is_refused(corpora: tuple[Path, Path], tmp_path: Path) -> None:
+def test_unwritable_output_folder_is_refused(training_corpora: tuple[Path, Path], tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     with pytest.raises(CheckpointError, match="cannot write to output folder .*a-file"):
-        train(tiny_train_config(*corpora, blocker / "out"))
+        train(tiny_train_config(*training_corpora, blocker / "out"))
 
 
-def test_a_manifest_source_needs_its_validation_manifest(corpora: tuple[Path, Path], tmp_path: Path) -> None:
+def test_a_manifest_source_needs_its_validation_manifest(training_corpora: tuple[Path, Path], tmp_path: Path) -> None:
     manifest = tmp_path / "train.jsonl"
     manifest.write_text(json.dumps({"audio": "a.wav", "text": "one"}) + "\n")
     with pytest.raises(DataError, match=r"speech manifest .*train.jsonl.* needs a validation manifest \(--speech-val\)"):
-        train(tiny_train_config(corpora[0], manifest, tmp_path / "out"))
+        train(tiny_train_config(training_corpora[0], manifest, tmp_path / "out"))
 
 
-def test_trains_from_generic_jsonl_manifests(corpora: tuple[Path, Path], tmp_path: Path) -> None:
-    images, speech = corpora
+def test_trains_from_generic_jsonl_manifests(training_corpora: tuple[Path, Path], tmp_path: Path) -> None:
+    images, speech = training_corpora
     for split in ("train", "val"):  # {"image", "text"} rows, one per caption, as a COCO export would give
         rows = [json.loads(line) for line in (images / f"{split}.jsonl").read_text().splitlines()]
         lines = [json.dumps({"image": str(images / r["image"]), "text": c}) for r in rows for c in r["captions"]]
@@ -173,10 +167,10 @@ def test_trains_from_generic_jsonl_manifests(corpora: tuple[Path, Path], tmp_pat
 # ---------------------------------------------------------------- runs
 
 
-def test_run_writes_best_model_logs_plot_and_counts_batches_per_mixing(corpora: tuple[Path, Path],
+def test_run_writes_best_model_logs_plot_and_counts_batches_per_mixing(training_corpora: tuple[Path, Path],
                                                                        tmp_path: Path) -> None:
     out = tmp_path / "out"
-    result = train(tiny_train_config(*corpora, out, max_steps=2, mixing="round_robin", grad_accum=3,
+    result = train(tiny_train_config(*training_corpora, out, max_steps=2, mixing="round_robin", grad_accum=3,
                                      eval_every=1, checkpoint_every=2))
     assert result.steps == 2 and result.stop_reason == "max_steps"
     rows = train_rows(out)
@@ -193,10 +187,10 @@ def test_run_writes_best_model_logs_plot_and_counts_batches_per_mixing(corpora: 
     assert saved.state.positions == {"image_text": 4, "speech": 2}
 
 
-def test_interrupted_and_resumed_run_repeats_the_uninterrupted_losses(corpora: tuple[Path, Path], tmp_path: Path,
+def test_interrupted_and_resumed_run_repeats_the_uninterrupted_losses(training_corpora: tuple[Path, Path], tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     def config(out: Path, **overrides: object) -> TrainConfig:
-        return tiny_train_config(*corpora, out, max_steps=6, checkpoint_every=3, eval_every=2,
+        return tiny_train_config(*training_corpora, out, max_steps=6, checkpoint_every=3, eval_every=2,
                                  grad_accum=2, **overrides)
 
     train(config(tmp_path / "straight"))
@@ -224,18 +218,18 @@ def test_interrupted_and_resumed_run_repeats_the_uninterrupted_losses(corpora: t
     assert all(torch.allclose(final[0][k], final[1][k], atol=1e-6) for k in final[0])
 
 
-def test_resume_refuses_changed_settings(corpora: tuple[Path, Path], tmp_path: Path) -> None:
-    train(tiny_train_config(*corpora, tmp_path / "out", max_steps=1))
+def test_resume_refuses_changed_settings(training_corpora: tuple[Path, Path], tmp_path: Path) -> None:
+    train(tiny_train_config(*training_corpora, tmp_path / "out", max_steps=1))
     with pytest.raises(ConfigError, match="--resume: these settings differ .*batch_size"):
-        train(tiny_train_config(*corpora, tmp_path / "out", max_steps=1, batch_size=8, resume=True))
+        train(tiny_train_config(*training_corpora, tmp_path / "out", max_steps=1, batch_size=8, resume=True))
     with pytest.raises(CheckpointError, match="holds checkpoints of an earlier run; pass --resume"):
-        train(tiny_train_config(*corpora, tmp_path / "out", max_steps=1))
+        train(tiny_train_config(*training_corpora, tmp_path / "out", max_steps=1))
 
 
-def test_crash_mid_save_leaves_the_previous_checkpoint_loadable(corpora: tuple[Path, Path], tmp_path: Path,
+def test_crash_mid_save_leaves_the_previous_checkpoint_loadable(training_corpora: tuple[Path, Path], tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "out"
-    train(tiny_train_config(*corpora, out, max_steps=1))
+    train(tiny_train_config(*training_corpora, out, max_steps=1))
     saved = checkpoints.load_latest(out / "checkpoints")
     assert saved is not None
     real_save = torch.save
@@ -256,21 +250,21 @@ def test_crash_mid_save_leaves_the_previous_checkpoint_loadable(corpora: tuple[P
     assert latest is not None and latest.state.step == 1 and latest.optimizer["state"]
 
 
-def test_early_stopping_ends_a_run_whose_metric_does_not_improve(corpora: tuple[Path, Path], tmp_path: Path) -> None:
-    result = train(tiny_train_config(*corpora, tmp_path / "out", max_steps=6, lr=1e-12, warmup_steps=0,
+def test_early_stopping_ends_a_run_whose_metric_does_not_improve(training_corpora: tuple[Path, Path], tmp_path: Path) -> None:
+    result = train(tiny_train_config(*training_corpora, tmp_path / "out", max_steps=6, lr=1e-12, warmup_steps=0,
                                      eval_every=1, patience=1))
     assert result.stop_reason == "early_stopping" and result.steps == 2 and result.best_step == 1
 
 
-def test_time_budget_stops_a_run_given_only_minutes(corpora: tuple[Path, Path], tmp_path: Path) -> None:
-    result = train(tiny_train_config(*corpora, tmp_path / "out", max_steps=None, max_minutes=1e-4))
+def test_time_budget_stops_a_run_given_only_minutes(training_corpora: tuple[Path, Path], tmp_path: Path) -> None:
+    result = train(tiny_train_config(*training_corpora, tmp_path / "out", max_steps=None, max_minutes=1e-4))
     assert result.stop_reason == "time_budget" and result.steps >= 1
     assert (tmp_path / "out" / "model.safetensors").is_file()  # the final validation kept a model
 
 
-def test_minutes_only_run_fits_its_schedule_to_the_measured_step_time(corpora: tuple[Path, Path],
+def test_minutes_only_run_fits_its_schedule_to_the_measured_step_time(training_corpora: tuple[Path, Path],
                                                                       tmp_path: Path) -> None:
-    result = train(tiny_train_config(*corpora, tmp_path / "out", max_steps=None, max_minutes=0.05))
+    result = train(tiny_train_config(*training_corpora, tmp_path / "out", max_steps=None, max_minutes=0.05))
     plans = train_rows(tmp_path / "out", "plan")
     assert len(plans) == 1 and plans[0]["step"] == 10  # timed over the first max(10, warmup) steps
     assert result.planned_steps == plans[0]["planned_steps"] > 10
@@ -281,8 +275,8 @@ def test_minutes_only_run_fits_its_schedule_to_the_measured_step_time(corpora: t
 
 
 @pytest.mark.slow
-def test_base_preset_takes_two_steps_on_the_cpu(corpora: tuple[Path, Path], tmp_path: Path) -> None:
-    config = dataclasses.replace(tiny_train_config(*corpora, tmp_path / "out"), model=ModelConfig.base(),
+def test_base_preset_takes_two_steps_on_the_cpu(training_corpora: tuple[Path, Path], tmp_path: Path) -> None:
+    config = dataclasses.replace(tiny_train_config(*training_corpora, tmp_path / "out"), model=ModelConfig.base(),
                                  max_steps=2, batch_size=2, speech_batch_size=2, n_val_images=2, n_val_clips=2)
     result = train(config)
     assert result.steps == 2 and all(math.isfinite(v) for v in result.last_losses.values())
