@@ -1,6 +1,6 @@
 """Model size, FLOPs and CPU latency of the MMBM presets; the figures in docs/model.md.
 
-    .venv/bin/python bench/model_latency.py [--checkpoint models/mmbm-tiny] [--threads 1] [--repeats 7]
+    .venv/bin/python -m bench.model_latency [--checkpoint models/mmbm-tiny] [--threads 1] [--repeats 7]
 
 Prints markdown: parameters by part (tiny, base and the tiny fusions), FLOPs per
 caption and per second of audio (counted by torch.utils.flop_counter on the real
